@@ -1,0 +1,77 @@
+"""Every error augflow raises on purpose, in one place.
+
+Messages say what was wrong *and what to do about it*, naming the field, file or URI.
+
+    AugflowError
+     ├── RequestError            a request field is invalid (raised before any model loads)
+     ├── InputError              an input source cannot be listed or read as a whole
+     ├── ModelLoadError          a model cannot be loaded safely (missing, pickle-only, remote code)
+     ├── StorageError            the object store refused or failed an operation
+     │    └── CommitConflictError   an exclusive create found different content already there
+     ├── RegistryError           the dataset registry cannot answer
+     │    └── VersionNotFoundError  ``name@version`` is not registered
+     ├── ExecutionError          shards failed on the workers after their retries
+     └── QualityGateError        the quality checks failed; nothing was registered
+
+A single bad image is never an error: it becomes a quarantine row with a reason.
+"""
+
+from __future__ import annotations
+
+
+class AugflowError(Exception):
+    """Base class of every error augflow raises on purpose."""
+
+
+class RequestError(AugflowError, ValueError):
+    """A request is invalid; ``field`` names the offending field (dotted path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"request field `{field}`: {message}")
+
+
+class InputError(AugflowError):
+    """An input source (folder, prefix, Parquet dataset, registered version) cannot be used."""
+
+
+class ModelLoadError(AugflowError):
+    """A model cannot be loaded, or cannot be loaded safely."""
+
+
+class StorageError(AugflowError):
+    """The object store refused or failed an operation."""
+
+
+class CommitConflictError(StorageError):
+    """An exclusive create found a different object already at that key."""
+
+
+class RegistryError(AugflowError):
+    """The dataset registry cannot answer."""
+
+
+class VersionNotFoundError(RegistryError):
+    """``name@version`` is not registered."""
+
+
+class ExecutionError(AugflowError):
+    """One or more shards failed on the workers after their retries."""
+
+
+class QualityGateError(AugflowError):
+    """The quality checks failed, so nothing was registered.
+
+    ``failed`` lists the failed checks as short human-readable lines; ``report_uri`` is where the
+    full report was written.
+    """
+
+    def __init__(self, dataset: str, failed: list[str], report_uri: str) -> None:
+        self.dataset = dataset
+        self.failed = list(failed)
+        self.report_uri = report_uri
+        lines = "\n".join(f"  - {f}" for f in self.failed)
+        super().__init__(
+            f"quality checks failed for dataset `{dataset}`; nothing was registered.\n"
+            f"{lines}\nfull report: {report_uri}"
+        )

@@ -1,0 +1,98 @@
+"""The explicit Arrow schemas of output rows and quarantine rows.
+
+``image`` follows the Hugging Face ``datasets`` Image convention (a struct of ``bytes`` and
+``path``) and the schema carries the ``huggingface`` metadata key, so ``load_dataset("parquet")``
+decodes images to PIL with no glue code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+METRIC_FIELDS: list[pa.Field] = [
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("expected_width", pa.int32(), nullable=False),
+    pa.field("expected_height", pa.int32(), nullable=False),
+    pa.field("decodable", pa.bool_(), nullable=False),
+    pa.field("pixel_mean", pa.float32(), nullable=False),
+    pa.field("pixel_std", pa.float32(), nullable=False),
+    pa.field("has_nan", pa.bool_(), nullable=False),
+    pa.field("is_blank", pa.bool_(), nullable=False),
+    # dB of output vs source (img2img: same size; denoise: vs the noisy input; upscale: the output
+    # downscaled back to the input size); null for generate.
+    pa.field("faithfulness_psnr", pa.float32()),
+]
+
+LINEAGE_FIELDS: list[pa.Field] = [
+    pa.field("row_id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("request_hash", pa.string(), nullable=False),
+    pa.field("shard_id", pa.string(), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string()),
+    pa.field("source_row", pa.int64()),
+    pa.field("variant", pa.int32(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=False),
+    pa.field("operation", pa.string(), nullable=False),
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("model_revision", pa.string(), nullable=False),
+    pa.field("scheduler", pa.string(), nullable=False),
+    pa.field("steps", pa.int32(), nullable=False),
+    pa.field("params", pa.string(), nullable=False),  # JSON: operation fields, guidance, size
+    pa.field("class_label", pa.int32()),
+    pa.field("prompt", pa.string()),
+]
+
+_DTYPES = {
+    pa.string(): "string",
+    pa.int32(): "int32",
+    pa.int64(): "int64",
+    pa.float32(): "float32",
+    pa.bool_(): "bool",
+}
+
+
+def _hf_features(fields: list[pa.Field]) -> dict[str, dict[str, str]]:
+    feats: dict[str, dict[str, str]] = {}
+    for f in fields:
+        if f.type == IMAGE_TYPE:
+            feats[f.name] = {"_type": "Image"}
+        else:
+            feats[f.name] = {"dtype": _DTYPES[f.type], "_type": "Value"}
+    return feats
+
+
+def _with_hf_metadata(fields: list[pa.Field]) -> pa.Schema:
+    meta = {"info": {"features": _hf_features(fields)}}
+    return pa.schema(fields, metadata={b"huggingface": json.dumps(meta).encode()})
+
+
+ROW_FIELDS = [
+    pa.field("image", IMAGE_TYPE, nullable=False),
+    *LINEAGE_FIELDS,
+    *METRIC_FIELDS,
+    pa.field("status", pa.string(), nullable=False),
+]
+ROW_SCHEMA = _with_hf_metadata(ROW_FIELDS)
+
+#: Columns the quality checks read; the image bytes are never loaded for validation.
+METRIC_COLUMNS = ["row_id", "source_id", "variant", *[f.name for f in METRIC_FIELDS]]
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("row_id", pa.string(), nullable=False),
+        pa.field("request_hash", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("variant", pa.int32(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),  # read | decode | model | encode
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
