@@ -1,0 +1,228 @@
+"""The quality gate over real Parquet shards written with the real row schema."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from augflow.schemas import ROW_SCHEMA, AugmentRequest, parse_request
+from augflow.schemas.errors import QualityGateError
+from augflow.tasks.storage import Storage
+from augflow.tasks.validate import QualityReport, validate_rows
+
+
+def _png(seed: int, size: int = 8) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _row(i: int, **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "image": {"bytes": _png(i), "path": None},
+        "row_id": f"{i:04d}" + "ab" * 10,
+        "dataset": "cats",
+        "request_hash": "h" * 64,
+        "shard_id": "shard-0",
+        "source_id": f"src/{i}.png",
+        "source_uri": f"file:///in/src/{i}.png",
+        "source_row": None,
+        "variant": 0,
+        "seed": i,
+        "operation": "img2img",
+        "model_id": "tiny",
+        "model_revision": "local",
+        "scheduler": "ddim",
+        "steps": 2,
+        "params": "{}",
+        "class_label": None,
+        "prompt": None,
+        "width": 8,
+        "height": 8,
+        "expected_width": 8,
+        "expected_height": 8,
+        "decodable": True,
+        "pixel_mean": 120.0,
+        "pixel_std": 60.0,
+        "has_nan": False,
+        "is_blank": False,
+        "faithfulness_psnr": 30.0,
+        "status": "ok",
+    }
+    row.update(overrides)
+    return row
+
+
+def _write_shards(
+    storage: Storage, run_key: str, rows: list[dict[str, Any]], per_file: int = 10
+) -> list[str]:
+    keys = []
+    for n, start in enumerate(range(0, len(rows), per_file)):
+        key = f"{run_key}/shards/{n:05d}.parquet"
+        storage.write_parquet(
+            key, pa.Table.from_pylist(rows[start : start + per_file], schema=ROW_SCHEMA)
+        )
+        keys.append(key)
+    return keys
+
+
+def _request(**quality: Any) -> AugmentRequest:
+    return parse_request(
+        {
+            "dataset": "cats",
+            "operation": {"kind": "img2img", "variants": 1},
+            "inputs": "/in",
+            "model": {"id": "tiny"},
+            "quality": quality,
+        }
+    )
+
+
+@pytest.fixture
+def storage(tmp_path) -> Storage:
+    return Storage(str(tmp_path / "out"))
+
+
+def _run(
+    storage: Storage, rows: list[dict[str, Any]], request: AugmentRequest | None = None, **kw: Any
+) -> QualityReport:
+    files = _write_shards(storage, "runs/r1", rows)
+    args = {"expected_rows": len(rows), "num_quarantined": 0, "planned_items": len(rows)}
+    args.update(kw)
+    return validate_rows(storage, request or _request(), "runs/r1", files, **args)
+
+
+def _check(report: QualityReport, name: str):
+    return next(c for c in report.checks if c.name == name)
+
+
+def test_passing_table_writes_both_reports(storage: Storage) -> None:
+    report = _run(storage, [_row(i) for i in range(25)])
+    assert report.passed, report.failed
+    assert report.failed == []
+    assert report.statistics["rows"] == 25
+    assert report.report_uri == storage.uri("runs/r1/quality/report.md")
+    md = storage.read_bytes("runs/r1/quality/report.md").decode()
+    assert "PASSED" in md and "✗" not in md
+    data = storage.read_json("runs/r1/quality/report.json")
+    assert data["summary"]["passed"] is True
+    assert data["great_expectations"]["success"] is True
+    names = {c.name for c in report.checks}
+    assert {
+        "row_count",
+        "row_id_unique",
+        "decodable",
+        "has_nan",
+        "is_blank",
+        "width",
+        "height",
+        "pixel_std",
+        "quarantine_fraction",
+    } <= names
+    # No faithfulness threshold was asked for, so no faithfulness check runs.
+    assert "faithfulness_psnr" not in names
+
+
+def test_nan_rows_fail_and_are_named(storage: Storage) -> None:
+    rows = [_row(i, has_nan=i in (3, 7, 11)) for i in range(20)]
+    report = _run(storage, rows)
+    assert not report.passed
+    assert len(report.failed) == 1
+    line = report.failed[0]
+    assert line.startswith("has_nan: 3 of 20 rows contain NaN")
+    assert "e.g. row 0003" in line
+    check = _check(report, "has_nan")
+    assert check.failed_rows == 3
+    assert set(check.examples) == {rows[i]["row_id"] for i in (3, 7, 11)}
+    md = storage.read_bytes("runs/r1/quality/report.md").decode()
+    assert "FAILED" in md and "has_nan" in md and rows[3]["row_id"] in md
+    # The JSON report is strict JSON (no NaN tokens) and carries GX's own result.
+    raw = storage.read_bytes("runs/r1/quality/report.json").decode()
+    json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_zero_rows_fail_on_row_count_and_still_write_a_report(storage: Storage) -> None:
+    report = validate_rows(
+        storage, _request(), "runs/empty", [], expected_rows=12, num_quarantined=0, planned_items=12
+    )
+    assert not report.passed
+    assert [f.split(":")[0] for f in report.failed] == ["row_count"]
+    assert "found 0" in report.failed[0]
+    assert storage.exists("runs/empty/quality/report.md")
+    assert storage.exists("runs/empty/quality/report.json")
+
+
+def test_row_count_mismatch_fails(storage: Storage) -> None:
+    report = _run(storage, [_row(i) for i in range(5)], expected_rows=6)
+    assert not report.passed
+    assert _check(report, "row_count").observed == 5
+
+
+def test_wrong_sizes_fail(storage: Storage) -> None:
+    rows = [_row(i) for i in range(10)]
+    rows[2] = _row(2, width=16)
+    rows[4] = _row(4, height=4)
+    rows[5] = _row(5, height=4)
+    report = _run(storage, rows)
+    assert not report.passed
+    assert _check(report, "width").failed_rows == 1
+    assert _check(report, "height").failed_rows == 2
+    assert _check(report, "width").examples == [rows[2]["row_id"]]
+
+
+def test_duplicate_row_ids_blank_and_undecodable_fail(storage: Storage) -> None:
+    rows = [_row(i) for i in range(10)]
+    rows[1] = _row(1, row_id=rows[0]["row_id"])
+    rows[6] = _row(6, is_blank=True, pixel_std=0.0)
+    rows[8] = _row(8, decodable=False)
+    report = _run(storage, rows)
+    failed = {f.split(":")[0] for f in report.failed}
+    assert failed == {"row_id_unique", "is_blank", "pixel_std", "decodable"}
+
+
+def test_quarantine_fraction_over_threshold_fails(storage: Storage) -> None:
+    rows = [_row(i) for i in range(18)]
+    report = _run(
+        storage, rows, _request(max_quarantine_fraction=0.05), num_quarantined=2, planned_items=20
+    )
+    assert not report.passed
+    assert report.failed == [
+        "quarantine_fraction: 2 of 20 planned items quarantined (10.0%; allowed at most 5.0%)"
+    ]
+    with pytest.raises(QualityGateError, match="quarantine_fraction"):
+        report.raise_for_failure("cats")
+
+
+def test_faithfulness_threshold(storage: Storage) -> None:
+    rows = [_row(i, faithfulness_psnr=15.0 if i < 2 else 30.0) for i in range(10)]
+    rows[9] = _row(9, faithfulness_psnr=None)
+    report = _run(storage, rows, _request(min_faithfulness_psnr=20.0))
+    assert {f.split(":")[0] for f in report.failed} == {
+        "faithfulness_psnr",
+        "faithfulness_psnr_present",
+    }
+    assert _check(report, "faithfulness_psnr").failed_rows == 2
+    # The same rows pass when no threshold is set.
+    assert _run(storage, rows).passed
+
+
+def test_faithfulness_is_not_checked_for_generate(storage: Storage) -> None:
+    request = parse_request(
+        {
+            "dataset": "cats",
+            "operation": {"kind": "generate", "num_images": 4},
+            "model": {"id": "tiny"},
+            "quality": {"min_faithfulness_psnr": 20.0},
+        }
+    )
+    rows = [_row(i, operation="generate", faithfulness_psnr=None) for i in range(4)]
+    report = _run(storage, rows, request)
+    assert report.passed, report.failed
+    assert "faithfulness_psnr" not in {c.name for c in report.checks}
