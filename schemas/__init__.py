@@ -12,7 +12,14 @@ from augflow.schemas.errors import (
     StorageError,
     VersionNotFoundError,
 )
-from augflow.schemas.records import Plan, ShardResult, ShardSpec, SourceItem, WorkItem, iter_work_items
+from augflow.schemas.records import (
+    Plan,
+    ShardResult,
+    ShardSpec,
+    SourceItem,
+    WorkItem,
+    iter_work_items,
+)
 from augflow.schemas.request import (
     AugmentRequest,
     DenoiseOp,
@@ -28,9 +35,33 @@ from augflow.schemas.request import (
 from augflow.schemas.rows import METRIC_COLUMNS, QUARANTINE_SCHEMA, ROW_SCHEMA
 
 __all__ = [
-    "AugflowError", "AugmentRequest", "CommitConflictError", "DenoiseOp", "ExecutionError",
-    "ExecutionSpec", "GenerateOp", "Img2ImgOp", "InputError", "METRIC_COLUMNS", "ModelLoadError",
-    "ModelSpec", "Plan", "QUARANTINE_SCHEMA", "QualityGateError", "QualityThresholds", "ROW_SCHEMA",
-    "RegistryError", "RequestError", "ShardResult", "ShardSpec", "SourceItem", "StorageError",
-    "UpscaleOp", "VersionNotFoundError", "WorkItem", "iter_work_items", "load_request", "parse_request",
+    "METRIC_COLUMNS",
+    "QUARANTINE_SCHEMA",
+    "ROW_SCHEMA",
+    "AugflowError",
+    "AugmentRequest",
+    "CommitConflictError",
+    "DenoiseOp",
+    "ExecutionError",
+    "ExecutionSpec",
+    "GenerateOp",
+    "Img2ImgOp",
+    "InputError",
+    "ModelLoadError",
+    "ModelSpec",
+    "Plan",
+    "QualityGateError",
+    "QualityThresholds",
+    "RegistryError",
+    "RequestError",
+    "ShardResult",
+    "ShardSpec",
+    "SourceItem",
+    "StorageError",
+    "UpscaleOp",
+    "VersionNotFoundError",
+    "WorkItem",
+    "iter_work_items",
+    "load_request",
+    "parse_request",
 ]

@@ -67,6 +67,8 @@ class ShardResult(Frozen):
     data_bytes: int
     seconds: float
     status: Literal["computed", "skipped"]
+    model_revision: str = ""
+    scheduler: str = ""
 
 
 def derive_id(*parts: object, length: int = 24) -> str:
@@ -113,3 +115,22 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
                 seed=derive_seed(h, request.seed, src.source_id, v),
                 prompt=prompt,
             )
+
+
+class RunOutcome(Frozen):
+    """What a flow run ends with; the CLI prints it and ``run_deployment`` returns it."""
+
+    dataset: str
+    version: str
+    status: Literal["registered", "already_registered"]
+    uri: str
+    num_rows: int
+    num_quarantined: int
+    shards_computed: int
+    shards_skipped: int
+    report_uri: str | None
+    preview_uri: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.dataset}@{self.version}"

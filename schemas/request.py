@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -98,7 +98,7 @@ class UpscaleOp(Frozen):
 
 
 Operation = Annotated[
-    Union[GenerateOp, Img2ImgOp, DenoiseOp, UpscaleOp], Field(discriminator="kind")
+    GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp, Field(discriminator="kind")
 ]
 
 
@@ -166,7 +166,9 @@ class AugmentRequest(Frozen):
     @classmethod
     def _multiple_of_8(cls, v: int | None) -> int | None:
         if v is not None and v % 8:
-            raise ValueError(f"{v} is not a multiple of 8 (the UNet halves it 3 times); try {v - v % 8 or 8}")
+            raise ValueError(
+                f"{v} is not a multiple of 8 (the UNet halves it 3 times); try {v - v % 8 or 8}"
+            )
         return v
 
     @field_validator("output")
@@ -182,7 +184,9 @@ class AugmentRequest(Frozen):
     @model_validator(mode="after")
     def _inputs_match_operation(self) -> AugmentRequest:
         if self.operation.kind == "generate" and self.inputs is not None:
-            raise ValueError("inputs: `generate` makes images from noise and takes no inputs; remove `inputs`")
+            raise ValueError(
+                "inputs: `generate` makes images from noise and takes no inputs; remove `inputs`"
+            )
         if self.operation.kind != "generate" and self.inputs is None:
             raise ValueError(
                 f"inputs: `{self.operation.kind}` needs `inputs` (a folder of images, a Parquet "

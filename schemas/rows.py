@@ -2,7 +2,8 @@
 
 ``image`` follows the Hugging Face ``datasets`` Image convention (a struct of ``bytes`` and
 ``path``) and the schema carries the ``huggingface`` metadata key, so ``load_dataset("parquet")``
-decodes images to PIL with no glue code.
+decodes images to PIL with no glue code. Every field is nullable: ``datasets`` only honours the
+metadata for fields that match its own (always nullable) schema; the quality gate checks nulls.
 """
 
 from __future__ import annotations
@@ -14,36 +15,36 @@ import pyarrow as pa
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 METRIC_FIELDS: list[pa.Field] = [
-    pa.field("width", pa.int32(), nullable=False),
-    pa.field("height", pa.int32(), nullable=False),
-    pa.field("expected_width", pa.int32(), nullable=False),
-    pa.field("expected_height", pa.int32(), nullable=False),
-    pa.field("decodable", pa.bool_(), nullable=False),
-    pa.field("pixel_mean", pa.float32(), nullable=False),
-    pa.field("pixel_std", pa.float32(), nullable=False),
-    pa.field("has_nan", pa.bool_(), nullable=False),
-    pa.field("is_blank", pa.bool_(), nullable=False),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("expected_width", pa.int32()),
+    pa.field("expected_height", pa.int32()),
+    pa.field("decodable", pa.bool_()),
+    pa.field("pixel_mean", pa.float32()),
+    pa.field("pixel_std", pa.float32()),
+    pa.field("has_nan", pa.bool_()),
+    pa.field("is_blank", pa.bool_()),
     # dB of output vs source (img2img: same size; denoise: vs the noisy input; upscale: the output
     # downscaled back to the input size); null for generate.
     pa.field("faithfulness_psnr", pa.float32()),
 ]
 
 LINEAGE_FIELDS: list[pa.Field] = [
-    pa.field("row_id", pa.string(), nullable=False),
-    pa.field("dataset", pa.string(), nullable=False),
-    pa.field("request_hash", pa.string(), nullable=False),
-    pa.field("shard_id", pa.string(), nullable=False),
-    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("row_id", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("request_hash", pa.string()),
+    pa.field("shard_id", pa.string()),
+    pa.field("source_id", pa.string()),
     pa.field("source_uri", pa.string()),
     pa.field("source_row", pa.int64()),
-    pa.field("variant", pa.int32(), nullable=False),
-    pa.field("seed", pa.int64(), nullable=False),
-    pa.field("operation", pa.string(), nullable=False),
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("model_revision", pa.string(), nullable=False),
-    pa.field("scheduler", pa.string(), nullable=False),
-    pa.field("steps", pa.int32(), nullable=False),
-    pa.field("params", pa.string(), nullable=False),  # JSON: operation fields, guidance, size
+    pa.field("variant", pa.int32()),
+    pa.field("seed", pa.int64()),
+    pa.field("operation", pa.string()),
+    pa.field("model_id", pa.string()),
+    pa.field("model_revision", pa.string()),
+    pa.field("scheduler", pa.string()),
+    pa.field("steps", pa.int32()),
+    pa.field("params", pa.string()),  # JSON: operation fields, guidance, size
     pa.field("class_label", pa.int32()),
     pa.field("prompt", pa.string()),
 ]
@@ -73,10 +74,10 @@ def _with_hf_metadata(fields: list[pa.Field]) -> pa.Schema:
 
 
 ROW_FIELDS = [
-    pa.field("image", IMAGE_TYPE, nullable=False),
+    pa.field("image", IMAGE_TYPE),
     *LINEAGE_FIELDS,
     *METRIC_FIELDS,
-    pa.field("status", pa.string(), nullable=False),
+    pa.field("status", pa.string()),
 ]
 ROW_SCHEMA = _with_hf_metadata(ROW_FIELDS)
 
@@ -85,14 +86,14 @@ METRIC_COLUMNS = ["row_id", "source_id", "variant", *[f.name for f in METRIC_FIE
 
 QUARANTINE_SCHEMA = pa.schema(
     [
-        pa.field("row_id", pa.string(), nullable=False),
-        pa.field("request_hash", pa.string(), nullable=False),
-        pa.field("shard_id", pa.string(), nullable=False),
-        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("row_id", pa.string()),
+        pa.field("request_hash", pa.string()),
+        pa.field("shard_id", pa.string()),
+        pa.field("source_id", pa.string()),
         pa.field("source_uri", pa.string()),
         pa.field("source_row", pa.int64()),
-        pa.field("variant", pa.int32(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),  # read | decode | model | encode
-        pa.field("reason", pa.string(), nullable=False),
+        pa.field("variant", pa.int32()),
+        pa.field("stage", pa.string()),  # read | decode | model | encode
+        pa.field("reason", pa.string()),
     ]
 )

@@ -8,6 +8,7 @@ and fails when the key exists.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -92,7 +93,7 @@ class Storage:
             entries = self.fs.ls(base, detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        except Exception as exc:  # noqa: BLE001 - wrapped with the key for the user
+        except Exception as exc:
             raise StorageError(f"cannot list {self.uri(prefix)}: {exc}") from exc
         root = self._root_path.rstrip("/") + "/"
         return sorted(e.removeprefix(root) for e in entries if e.rstrip("/") != base.rstrip("/"))
@@ -170,10 +171,8 @@ class Storage:
         return self.create_exclusive(key, _json_bytes(obj))
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(key))
-        except FileNotFoundError:
-            pass
 
     # --- helpers ------------------------------------------------------------------------
     def _call(self, what: str, key: str, fn: Any, *args: Any) -> Any:
@@ -181,8 +180,10 @@ class Storage:
             return fn(*args)
         except FileNotFoundError:
             raise
-        except Exception as exc:  # noqa: BLE001 - re-raised with the key, never credentials
-            raise StorageError(f"cannot {what} {self.uri(key)}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise StorageError(
+                f"cannot {what} {self.uri(key)}: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def _json_bytes(obj: Any) -> bytes:

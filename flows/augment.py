@@ -1,0 +1,79 @@
+"""The augment flow: plan → execute → validate → register, with artifacts. Composition only."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from augflow.schemas.errors import QualityGateError
+from augflow.schemas.records import RunOutcome
+from augflow.schemas.request import AugmentRequest
+from augflow.tasks.register import entry_key
+from augflow.tasks.report import publish_artifacts
+from augflow.tasks.steps import (
+    execute_step,
+    find_registered_step,
+    plan_step,
+    preview_step,
+    register_step,
+    validate_step,
+)
+from augflow.tasks.storage import Storage
+
+
+@flow(name="augment", validate_parameters=True, persist_result=False)
+def augment(request: AugmentRequest) -> RunOutcome:
+    """Turn one dataset request into a registered, quality-checked dataset version."""
+    plan = plan_step(request)
+    storage = Storage(request.output)
+    existing = find_registered_step(request, plan)
+    if existing is not None:
+        return RunOutcome(
+            dataset=existing.name,
+            version=existing.version,
+            status="already_registered",
+            uri=storage.uri(entry_key(existing.name, existing.version)),
+            num_rows=existing.num_rows,
+            num_quarantined=existing.num_quarantined,
+            shards_computed=0,
+            shards_skipped=len(plan.shards),
+            report_uri=existing.checks.report_uri,
+            preview_uri=None,
+        )
+    results = execute_step(request, plan)
+    report = validate_step(request, plan, results)
+    preview = preview_step(request, plan, results)
+    if not report.passed:
+        publish_artifacts(
+            request,
+            plan,
+            results,
+            "checks failed, nothing registered",
+            None,
+            report.report_uri,
+            report.failed,
+            preview,
+        )
+        raise QualityGateError(request.dataset, report.failed, report.report_uri)
+    outcome = register_step(request, plan, results, report)
+    publish_artifacts(
+        request,
+        plan,
+        results,
+        "registered" if outcome.created else "already registered",
+        outcome.uri,
+        report.report_uri,
+        [],
+        preview,
+    )
+    return RunOutcome(
+        dataset=request.dataset,
+        version=plan.version,
+        status="registered" if outcome.created else "already_registered",
+        uri=outcome.uri,
+        num_rows=outcome.entry.num_rows,
+        num_quarantined=outcome.entry.num_quarantined,
+        shards_computed=sum(r.status == "computed" for r in results),
+        shards_skipped=sum(r.status == "skipped" for r in results),
+        report_uri=report.report_uri,
+        preview_uri=preview,
+    )

@@ -1,0 +1,172 @@
+"""Fan a plan's shards out to a pool of Ray actors, each holding one loaded model.
+
+One Prefect task wraps the whole fan-out (Prefect task runs stay bounded however many shards
+there are); Ray does the per-shard parallelism. Committed shards are skipped; a shard whose actor
+dies or raises is retried on a fresh actor up to ``execution.max_retries`` times.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from augflow.schemas.errors import AugflowError, ExecutionError
+from augflow.schemas.records import Plan, ShardResult, ShardSpec
+from augflow.schemas.request import AugmentRequest
+from augflow.tasks.plan import RunLayout
+from augflow.tasks.ray_pool import cluster_cpus, cluster_gpus, ensure_ray
+from augflow.tasks.shard_worker import ShardWorker, marker_to_result
+from augflow.tasks.storage import Storage
+
+# Two shards in flight per actor: the next one is queued while the current one computes.
+IN_FLIGHT_PER_ACTOR = 2
+
+
+class _ShardActor:
+    def __init__(self, request: AugmentRequest, device: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.worker = ShardWorker(request, device=device)
+
+    def process(self, shard: ShardSpec) -> ShardResult:
+        return self.worker.process(shard)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+@dataclass
+class _Slot:
+    actor: object
+    generation: int = 0
+    inflight: int = 0
+    nodes: set[str] = field(default_factory=set)
+
+
+def committed_results(request: AugmentRequest, plan: Plan) -> dict[str, ShardResult]:
+    """Shards of ``plan`` whose commit markers exist (one listing of the run's marker folder)."""
+    storage = Storage(request.output)
+    layout = RunLayout(request.request_hash)
+    present = set(storage.list(layout.commits))
+    done: dict[str, ShardResult] = {}
+    for shard in plan.shards:
+        key = layout.commit_marker(shard.shard_id)
+        if key in present:
+            done[shard.shard_id] = marker_to_result(storage.read_json(key), "skipped")
+    return done
+
+
+def execute_plan(
+    request: AugmentRequest,
+    plan: Plan,
+    on_result: Callable[[ShardResult], None] | None = None,
+) -> list[ShardResult]:
+    """Compute every uncommitted shard; returns one result per shard in plan order."""
+    notify = on_result or (lambda _r: None)
+    results = committed_results(request, plan)
+    for r in results.values():
+        notify(r)
+    pending = [s for s in plan.shards if s.shard_id not in results]
+    if pending:
+        results.update(_run_pool(request, pending, notify))
+    return [results[s.shard_id] for s in plan.shards]
+
+
+def _run_pool(
+    request: AugmentRequest, pending: list[ShardSpec], notify: Callable[[ShardResult], None]
+) -> dict[str, ShardResult]:
+    ensure_ray()
+    gpus = cluster_gpus() if request.execution.device != "cpu" else 0
+    size = min(request.execution.workers or max(1, gpus), len(pending))
+    if gpus:
+        options, device, threads = {"num_gpus": 1, "num_cpus": 1}, "cuda", 1
+    else:
+        threads = max(1, cluster_cpus() // size)
+        options, device = {"num_cpus": threads}, "cpu"
+    remote_cls = ray.remote(_ShardActor)
+
+    def new_actor() -> object:
+        return remote_cls.options(**options, max_restarts=0, max_task_retries=0).remote(
+            request, device, threads
+        )
+
+    slots = [_Slot(new_actor()) for _ in range(size)]
+    queue: deque[ShardSpec] = deque(pending)
+    inflight: dict[ray.ObjectRef, tuple[int, int, ShardSpec]] = {}
+    attempts: Counter[str] = Counter()
+    failures: dict[str, str] = {}
+    results: dict[str, ShardResult] = {}
+
+    def fill(i: int) -> None:
+        slot = slots[i]
+        while queue and slot.inflight < IN_FLIGHT_PER_ACTOR:
+            shard = queue.popleft()
+            ref = slot.actor.process.remote(shard)  # type: ignore[attr-defined]
+            inflight[ref] = (i, slot.generation, shard)
+            slot.inflight += 1
+
+    try:
+        for i in range(size):
+            fill(i)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            ref = ready[0]
+            i, generation, shard = inflight.pop(ref)
+            slot = slots[i]
+            slot.inflight -= 1 if generation == slot.generation else 0
+            try:
+                result = ray.get(ref)
+            except RayActorError as exc:
+                _fatal_init_error(exc)
+                if generation == slot.generation:  # replace a dead actor once, not per task
+                    slot.actor, slot.generation, slot.inflight = new_actor(), generation + 1, 0
+                _retry(shard, f"worker died: {exc}", attempts, failures, queue, request)
+            except RayTaskError as exc:
+                cause = exc.cause if exc.cause is not None else exc
+                _retry(
+                    shard, f"{type(cause).__name__}: {cause}", attempts, failures, queue, request
+                )
+            else:
+                results[shard.shard_id] = result
+                notify(result)
+            for j in range(size):
+                fill(j)
+    finally:
+        for slot in slots:
+            ray.kill(slot.actor)  # type: ignore[arg-type]
+    if failures:
+        lines = "\n".join(f"  - shard {sid}: {why}" for sid, why in sorted(failures.items()))
+        raise ExecutionError(
+            f"{len(failures)} of {len(pending)} shards failed after "
+            f"{request.execution.max_retries} retries; committed shards are kept and a re-run "
+            f"resumes from them:\n{lines}"
+        )
+    return results
+
+
+def _retry(
+    shard: ShardSpec,
+    why: str,
+    attempts: Counter[str],
+    failures: dict[str, str],
+    queue: deque[ShardSpec],
+    request: AugmentRequest,
+) -> None:
+    attempts[shard.shard_id] += 1
+    if attempts[shard.shard_id] > request.execution.max_retries:
+        failures[shard.shard_id] = why
+    else:
+        queue.append(shard)
+
+
+def _fatal_init_error(exc: RayActorError) -> None:
+    """An actor that failed in __init__ (bad model) fails the same way on every retry: stop now."""
+    cause = getattr(exc, "cause", None)
+    inner = getattr(cause, "cause", cause)
+    if isinstance(inner, AugflowError):
+        raise inner from None

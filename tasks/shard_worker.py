@@ -1,0 +1,209 @@
+"""Process one shard end to end: read its sources, run the model in batches, write the shard's
+Parquet to staging and commit it with a marker written last. Plain Python: the Ray actor in
+:mod:`augflow.tasks.execute` holds one of these, and tests can drive it directly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from augflow.models.images import ImageRejected, decode_image
+from augflow.models.runner import AugmentModel
+from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
+from augflow.schemas.request import AugmentRequest
+from augflow.schemas.rows import QUARANTINE_SCHEMA, ROW_SCHEMA
+from augflow.tasks.plan import RunLayout
+from augflow.tasks.storage import Storage, open_uri
+
+
+def marker_to_result(marker: dict[str, Any], status: str, seconds: float = 0.0) -> ShardResult:
+    return ShardResult(
+        shard_id=marker["shard_id"],
+        data_file=marker["data_file"],
+        quarantine_file=marker["quarantine_file"],
+        num_rows=marker["num_rows"],
+        num_quarantined=marker["num_quarantined"],
+        data_bytes=marker["data_bytes"],
+        seconds=seconds,
+        status=status,  # type: ignore[arg-type]
+        model_revision=marker.get("model_revision", ""),
+        scheduler=marker.get("scheduler", ""),
+    )
+
+
+class ShardWorker:
+    """Holds one loaded model; turns shards into committed Parquet files."""
+
+    def __init__(self, request: AugmentRequest, device: str | None = None) -> None:
+        self.request = request
+        self.storage = Storage(request.output)
+        self.layout = RunLayout(request.request_hash)
+        self.model = AugmentModel(request, device=device or request.execution.device)
+        self._params = json.dumps(
+            {
+                "operation": request.operation.model_dump(mode="json"),
+                "guidance_scale": request.guidance_scale,
+                "image_size": request.image_size,
+                "steps": request.steps,
+            },
+            sort_keys=True,
+        )
+
+    def process(self, shard: ShardSpec) -> ShardResult:
+        marker_key = self.layout.commit_marker(shard.shard_id)
+        if self.storage.exists(marker_key):
+            return marker_to_result(self.storage.read_json(marker_key), "skipped")
+        start = time.perf_counter()
+        items = list(iter_work_items(self.request, shard))
+        rows: list[dict[str, Any]] = []
+        quarantine: list[dict[str, Any]] = []
+        for batch, images in self._batches(shard, items, quarantine):
+            outputs = self.model(batch, images)
+            for item, out in zip(batch, outputs, strict=True):
+                if out.error is not None or out.png is None:
+                    quarantine.append(
+                        self._quarantine_row(shard, item, "model", out.error or "no output")
+                    )
+                else:
+                    rows.append(self._row(shard, item, out.png, out.metrics or {}))
+        if self.request.write_image_files:
+            for row in rows:
+                self.storage.write_bytes(
+                    self.layout.image_file(shard.shard_id, row["row_id"]), row["image"]["bytes"]
+                )
+        data_key = self.layout.data_file(shard.shard_id)
+        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        data_bytes = self.storage.write_parquet(data_key, table, row_group_size=256)
+        q_key = None
+        if quarantine:
+            q_key = self.layout.quarantine_file(shard.shard_id)
+            self.storage.write_parquet(
+                q_key, pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
+            )
+        # The marker is deterministic (no timestamps) so a retried commit whose first response was
+        # lost finds identical bytes and is recognised as done rather than as a conflict.
+        marker = {
+            "shard_id": shard.shard_id,
+            "data_file": data_key,
+            "quarantine_file": q_key,
+            "num_rows": len(rows),
+            "num_quarantined": len(quarantine),
+            "data_bytes": data_bytes,
+            "model_revision": self.model.model_revision,
+            "scheduler": self.model.scheduler_name,
+            "row_ids_sha256": hashlib.sha256(
+                "".join(r["row_id"] for r in rows).encode()
+            ).hexdigest(),
+        }
+        self.storage.create_json_exclusive(marker_key, marker)
+        return marker_to_result(marker, "computed", time.perf_counter() - start)
+
+    # --- inputs -------------------------------------------------------------------------
+    def _batches(
+        self, shard: ShardSpec, items: list[WorkItem], quarantine: list[dict[str, Any]]
+    ) -> Iterator[tuple[list[WorkItem], list[Image.Image | None]]]:
+        sources = self._load_sources(shard)
+        ready: list[tuple[WorkItem, Image.Image | None]] = []
+        for item in items:
+            if item.source_uri is None:
+                ready.append((item, None))
+                continue
+            img = sources[item.source_id]
+            if isinstance(img, str):
+                quarantine.append(self._quarantine_row(shard, item, "decode", img))
+            else:
+                ready.append((item, img))
+        bs = self.request.execution.batch_size
+        for i in range(0, len(ready), bs):
+            chunk = ready[i : i + bs]
+            yield [c[0] for c in chunk], [c[1] for c in chunk]
+
+    def _load_sources(self, shard: ShardSpec) -> dict[str, Image.Image | str]:
+        """Decoded source images by id; a string in place of an image is the rejection reason."""
+        out: dict[str, Image.Image | str] = {}
+        by_file: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for src in shard.sources:
+            if src.row is None:
+                out[src.source_id] = self._decode_file(src.uri)
+            else:
+                by_file[src.uri].append((src.source_id, src.row))
+        for uri, wanted in by_file.items():
+            try:
+                with open_uri(uri) as fh:
+                    column = pq.read_table(fh, columns=["image"]).column("image")
+            except Exception as exc:
+                for sid, _ in wanted:
+                    out[sid] = f"cannot read {uri}: {type(exc).__name__}: {exc}"
+                continue
+            for sid, row in wanted:
+                value = column[row].as_py()
+                data = value.get("bytes") if isinstance(value, dict) else value
+                out[sid] = (
+                    self._decode(data, f"{uri}#{row}") if data else f"{uri}#{row}: empty image cell"
+                )
+        return out
+
+    def _decode_file(self, uri: str) -> Image.Image | str:
+        try:
+            with open_uri(uri) as fh:
+                data = fh.read()
+        except Exception as exc:
+            return f"cannot read {uri}: {type(exc).__name__}: {exc}"
+        return self._decode(data, uri)
+
+    @staticmethod
+    def _decode(data: bytes, name: str) -> Image.Image | str:
+        try:
+            return decode_image(data, name)
+        except ImageRejected as exc:
+            return str(exc)
+
+    # --- rows ---------------------------------------------------------------------------
+    def _row(
+        self, shard: ShardSpec, item: WorkItem, png: bytes, metrics: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "image": {"bytes": png, "path": f"{item.row_id}.png"},
+            "row_id": item.row_id,
+            "dataset": self.request.dataset,
+            "request_hash": self.request.request_hash,
+            "shard_id": shard.shard_id,
+            "source_id": item.source_id,
+            "source_uri": item.source_uri,
+            "source_row": item.source_row,
+            "variant": item.variant,
+            "seed": item.seed,
+            "operation": self.request.operation.kind,
+            "model_id": self.model.model_id,
+            "model_revision": self.model.model_revision,
+            "scheduler": self.model.scheduler_name,
+            "steps": self.request.steps,
+            "params": self._params,
+            "class_label": item.class_label,
+            "prompt": item.prompt,
+            **metrics,
+            "status": "ok",
+        }
+
+    def _quarantine_row(
+        self, shard: ShardSpec, item: WorkItem, stage: str, reason: str
+    ) -> dict[str, Any]:
+        return {
+            "row_id": item.row_id,
+            "request_hash": self.request.request_hash,
+            "shard_id": shard.shard_id,
+            "source_id": item.source_id,
+            "source_uri": item.source_uri,
+            "source_row": item.source_row,
+            "variant": item.variant,
+            "stage": stage,
+            "reason": reason,
+        }

@@ -1,0 +1,78 @@
+"""The Prefect tasks of the augment flow: thin wrappers over the plain functions in this package.
+
+A flow run creates a fixed handful of task runs (plan, execute, validate, preview, register),
+however many shards the plan has; Ray does the per-shard fan-out inside ``execute``.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from augflow.schemas.errors import VersionNotFoundError
+from augflow.schemas.records import Plan, ShardResult
+from augflow.schemas.request import AugmentRequest
+from augflow.tasks import progress
+from augflow.tasks.execute import execute_plan
+from augflow.tasks.plan import RunLayout, plan_request
+from augflow.tasks.preview import build_preview
+from augflow.tasks.register import (
+    RegisterOutcome,
+    RegistryEntry,
+    build_entry,
+    get_version,
+    register_version,
+)
+from augflow.tasks.storage import Storage
+from augflow.tasks.validate import QualityReport, validate_rows
+
+# Inputs are requests and small records; nothing is worth caching between runs, and hashing them
+# for a cache key would only cost time.
+_opts = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@task(name="plan", **_opts)
+def plan_step(request: AugmentRequest) -> Plan:
+    return plan_request(request)
+
+
+@task(name="find-registered", **_opts)
+def find_registered_step(request: AugmentRequest, plan: Plan) -> RegistryEntry | None:
+    try:
+        return get_version(Storage(request.output), plan.dataset, plan.version)
+    except VersionNotFoundError:
+        return None
+
+
+@task(name="execute", **_opts)
+def execute_step(request: AugmentRequest, plan: Plan) -> list[ShardResult]:
+    return execute_plan(request, plan, on_result=progress.emit)
+
+
+@task(name="validate", **_opts)
+def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> QualityReport:
+    return validate_rows(
+        Storage(request.output),
+        request,
+        run_key=f"{RunLayout(request.request_hash).run}/v-{plan.version}",
+        data_files=[r.data_file for r in results],
+        expected_rows=plan.num_rows - sum(r.num_quarantined for r in results),
+        num_quarantined=sum(r.num_quarantined for r in results),
+        planned_items=plan.num_rows,
+    )
+
+
+@task(name="preview", **_opts)
+def preview_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> str | None:
+    storage = Storage(request.output)
+    key = RunLayout(request.request_hash).preview(plan.version)
+    files = [r.data_file for r in results if r.num_rows]
+    return build_preview(storage, files, key, request.operation.kind)
+
+
+@task(name="register", **_opts)
+def register_step(
+    request: AugmentRequest, plan: Plan, results: list[ShardResult], report: QualityReport
+) -> RegisterOutcome:
+    storage = Storage(request.output)
+    return register_version(storage, build_entry(storage, request, plan.version, results, report))

@@ -1,0 +1,82 @@
+"""Shared fixtures: real local services (Prefect server, Ray) and tiny models saved like real ones."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server on 127.0.0.1 for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A real local Ray, bound to loopback, shared by the session."""
+    import ray
+
+    from augflow.tasks.ray_pool import ensure_ray
+
+    ensure_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dummy_models import make_tiny_ddpm
+
+    return make_tiny_ddpm(tmp_path_factory.mktemp("models") / "tiny-ddim", scheduler="ddim")
+
+
+@pytest.fixture(scope="session")
+def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dummy_models import make_nan_model
+
+    return make_nan_model(tmp_path_factory.mktemp("models") / "nan")
+
+
+def photo_crops(n: int, size: int = 24) -> list[Image.Image]:
+    """Small crops of real photos shipped with scikit-image."""
+    from skimage import data
+
+    sources = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    out = []
+    for i in range(n):
+        img = sources[i % len(sources)]
+        y, x = 40 + 13 * i, 60 + 17 * i
+        out.append(Image.fromarray(np.ascontiguousarray(img[y : y + size, x : x + size])))
+    return out
+
+
+@pytest.fixture
+def photos_dir(tmp_path: Path) -> Path:
+    """A folder of 5 real photo crops (PNG and JPEG) and one corrupt file."""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    for i, img in enumerate(photo_crops(5)):
+        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        target = d / "sub" if i == 4 else d
+        (target / f"photo-{i}.{ext}").write_bytes(buf.getvalue())
+    (d / "broken.png").write_bytes(b"this is not an image")
+    (d / "notes.txt").write_text("ignored: not an image extension")
+    return d
