@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["s3_fixtures"]
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
