@@ -23,7 +23,9 @@ from augflow.schemas import (
 )
 
 
-def tiny_unet(sample_size: int = 16, seed: int = 0, num_class_embeds: int | None = None) -> UNet2DModel:
+def tiny_unet(
+    sample_size: int = 16, seed: int = 0, num_class_embeds: int | None = None
+) -> UNet2DModel:
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=sample_size,
@@ -88,6 +90,29 @@ def make_black_model(path: str | Path) -> Path:
         unet.conv_out.bias.zero_()
     sched = DDIMScheduler(num_train_timesteps=100, clip_sample=True, prediction_type="sample")
     DDIMPipeline(unet=unet, scheduler=sched).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_sr3(path: str | Path, task: str = "upscale", seed: int = 0) -> Path:
+    """An augflow SR3Pipeline folder (conditional: 6-channel UNet input) with random weights."""
+    from augflow.models.sr3 import SR3Pipeline
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=6,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    sched = DDIMScheduler(prediction_type="sample", timestep_spacing="trailing")
+    factors = [2, 4] if task == "upscale" else []
+    pipe = SR3Pipeline(unet, sched, task=task, factors=factors, tile_size=16, tile_overlap=4)
+    pipe.save_pretrained(path, safe_serialization=True)
     return path
 
 

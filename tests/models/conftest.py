@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-import pytest
 
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,9 @@ def test_truncated_file_is_corrupt() -> None:
 
 
 def test_pixel_limit_is_checked() -> None:
-    with pytest.raises(ImageRejected, match=r"too large: 21x13 pixels exceeds the 0\.0002 MP limit"):
+    with pytest.raises(
+        ImageRejected, match=r"too large: 21x13 pixels exceeds the 0\.0002 MP limit"
+    ):
         decode_image(_bytes(_noise(), "PNG"), "x", max_pixels=200)
 
 
@@ -78,10 +80,17 @@ def _png_header_only(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h pixels, with (almost) no pixel data: a decompression bomb."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [9_000, 100_000])  # above our 64 MP; and above Pillow's own limit

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from augflow.models.loading import AUGFLOW_PIPELINES, SCHEDULER_CLASSES, folder_digest, load_pipeline
+from augflow.models.loading import (
+    AUGFLOW_PIPELINES,
+    SCHEDULER_CLASSES,
+    folder_digest,
+    load_pipeline,
+)
 from augflow.schemas import ModelLoadError, ModelSpec
 
 
@@ -70,7 +75,7 @@ def test_missing_local_path(tmp_path: Path) -> None:
 
 
 def test_folder_without_model_index(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="model_index.json"):
+    with pytest.raises(ModelLoadError, match=r"model_index\.json"):
         load_pipeline(ModelSpec(id=str(tmp_path)), "cpu")
 
 
@@ -78,7 +83,7 @@ def test_hub_id_offline_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError, match="hub is unreachable.*local diffusers folder"):
+    with pytest.raises(ModelLoadError, match=r"hub is unreachable.*local diffusers folder"):
         load_pipeline(ModelSpec(id="augflow-test/not-a-real-model"), "cpu")
 
 

@@ -83,7 +83,11 @@ def test_upscale_sizes(ddpm_dir: Path, factor: int) -> None:
     srcs = [_photo(11, 7), _photo(8, 8), _photo(11, 7, seed=5)]  # mixed sizes in one call
     outs = model(items_for(req, 3), srcs)
     _ok(outs)
-    assert _sizes(outs) == [(11 * factor, 7 * factor), (8 * factor, 8 * factor), (11 * factor, 7 * factor)]
+    assert _sizes(outs) == [
+        (11 * factor, 7 * factor),
+        (8 * factor, 8 * factor),
+        (11 * factor, 7 * factor),
+    ]
     assert model.expected_size((11, 7)) == (11 * factor, 7 * factor)
 
 
@@ -128,7 +132,11 @@ def test_different_seeds_differ(ddpm_dir: Path) -> None:
 @pytest.mark.parametrize("scheduler", list(SCHEDULER_CLASSES))
 @pytest.mark.parametrize("kind", ["generate", "img2img"])
 def test_every_scheduler_runs(ddpm_dir: Path, scheduler: str, kind: str) -> None:
-    op = {"kind": "generate", "num_images": 2} if kind == "generate" else {"kind": "img2img", "variants": 2}
+    op = (
+        {"kind": "generate", "num_images": 2}
+        if kind == "generate"
+        else {"kind": "img2img", "variants": 2}
+    )
     req = make_request(ddpm_dir, op, scheduler=scheduler)
     model = AugmentModel(req, "cpu")
     assert model.scheduler_name == scheduler
@@ -153,7 +161,9 @@ def test_black_model_is_blank(black_dir: Path) -> None:
 
 
 def test_class_conditional(class_cond_dir: Path) -> None:
-    req = make_request(class_cond_dir, {"kind": "generate", "num_images": 2, "class_labels": [0, 2]})
+    req = make_request(
+        class_cond_dir, {"kind": "generate", "num_images": 2, "class_labels": [0, 2]}
+    )
     model = AugmentModel(req, "cpu")
     items = items_for(req, 0)
     assert [it.class_label for it in items] == [0, 2]
@@ -165,7 +175,9 @@ def test_class_conditional(class_cond_dir: Path) -> None:
         AugmentModel(make_request(class_cond_dir, {"kind": "generate", "num_images": 1}), "cpu")
     with pytest.raises(RequestError, match="outside"):
         AugmentModel(
-            make_request(class_cond_dir, {"kind": "generate", "num_images": 1, "class_labels": [3]}),
+            make_request(
+                class_cond_dir, {"kind": "generate", "num_images": 1, "class_labels": [3]}
+            ),
             "cpu",
         )
     with pytest.raises(ModelLoadError, match="not supported"):
@@ -175,12 +187,15 @@ def test_class_conditional(class_cond_dir: Path) -> None:
 def test_request_mismatches_are_refused(ddpm_dir: Path) -> None:
     with pytest.raises(RequestError, match="unconditional"):
         AugmentModel(
-            make_request(ddpm_dir, {"kind": "generate", "num_images": 1, "class_labels": [0]}), "cpu"
+            make_request(ddpm_dir, {"kind": "generate", "num_images": 1, "class_labels": [0]}),
+            "cpu",
         )
     with pytest.raises(RequestError, match="no text prompt"):
         AugmentModel(make_request(ddpm_dir, {"kind": "img2img", "prompt": "a cat"}), "cpu")
     with pytest.raises(RequestError, match="steps"):
-        AugmentModel(make_request(ddpm_dir, {"kind": "generate", "num_images": 1}, steps=500), "cpu")
+        AugmentModel(
+            make_request(ddpm_dir, {"kind": "generate", "num_images": 1}, steps=500), "cpu"
+        )
 
 
 def test_missing_source_is_an_item_error(ddpm_dir: Path) -> None:
@@ -203,7 +218,7 @@ def test_one_failing_item_does_not_sink_the_batch(ddpm_dir: Path, monkeypatch) -
 
     monkeypatch.setattr(model, "_run_chunk", flaky)
     outs = model(items, [None] * 3)
-    assert [o.error for o in outs][0] is None and outs[2].error is None
+    assert outs[0].error is None and outs[2].error is None
     assert "out of memory" in outs[1].error
 
 
@@ -214,3 +229,39 @@ def test_models_import_neither_prefect_nor_ray() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("task", "operation", "size", "out"),
+    [
+        ("denoise", {"kind": "denoise", "noise_level": 15}, (21, 13), (21, 13)),
+        ("upscale", {"kind": "upscale", "factor": 2}, (11, 7), (22, 14)),
+        ("upscale", {"kind": "upscale", "factor": 4}, (5, 4), (20, 16)),
+    ],
+)
+def test_sr3_pipeline_branch(tmp_path: Path, task, operation, size, out) -> None:
+    pytest.importorskip("augflow.models.sr3")
+    from dummy_models import make_tiny_sr3
+
+    folder = make_tiny_sr3(tmp_path / task, task=task)
+    req = make_request(folder, operation, steps=2)
+    model = AugmentModel(req, "cpu")
+    assert model.family == "sr3"
+    srcs = [_photo(*size), _photo(*size, seed=1)]
+    outs = model(items_for(req, 2), srcs)
+    _ok(outs)
+    assert _sizes(outs) == [out, out]
+    assert [o.png for o in outs] == [
+        model([it], [s])[0].png for it, s in zip(items_for(req, 2), srcs, strict=True)
+    ]
+
+
+def test_sr3_refuses_the_wrong_task(tmp_path: Path) -> None:
+    pytest.importorskip("augflow.models.sr3")
+    from dummy_models import make_tiny_sr3
+
+    folder = make_tiny_sr3(tmp_path / "den", task="denoise")
+    with pytest.raises(ModelLoadError, match="trained for 'denoise'"):
+        AugmentModel(make_request(folder, {"kind": "upscale", "factor": 2}), "cpu")
+    with pytest.raises(ModelLoadError, match="not supported for operation 'generate'"):
+        AugmentModel(make_request(folder, {"kind": "generate", "num_images": 1}), "cpu")
