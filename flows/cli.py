@@ -15,8 +15,8 @@ from rich.table import Table
 app = typer.Typer(help="Batch data augmentation with diffusion models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Registered dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EXIT_CHECKS_FAILED = 1
 EXIT_BAD_REQUEST = 2

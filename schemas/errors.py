@@ -28,7 +28,11 @@ class RequestError(AugflowError, ValueError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
+        self.message = message
         super().__init__(f"request field `{field}`: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.field, self.message))
 
 
 class InputError(AugflowError):
@@ -75,3 +79,6 @@ class QualityGateError(AugflowError):
             f"quality checks failed for dataset `{dataset}`; nothing was registered.\n"
             f"{lines}\nfull report: {report_uri}"
         )
+
+    def __reduce__(self):
+        return (type(self), (self.dataset, self.failed, self.report_uri))

@@ -97,9 +97,7 @@ class UpscaleOp(Frozen):
     strength: float = Field(default=0.3, gt=0.0, le=1.0)
 
 
-Operation = Annotated[
-    GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp, Field(discriminator="kind")
-]
+Operation = Annotated[GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp, Field(discriminator="kind")]
 
 
 class QualityThresholds(Frozen):

@@ -17,6 +17,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from augflow.schemas.errors import AugflowError, ExecutionError
 from augflow.schemas.records import Plan, ShardResult, ShardSpec
 from augflow.schemas.request import AugmentRequest
+from augflow.tasks.credentials import S3Settings, forwarded_settings, install_s3_settings
 from augflow.tasks.plan import RunLayout
 from augflow.tasks.ray_pool import cluster_cpus, cluster_gpus, ensure_ray
 from augflow.tasks.shard_worker import ShardWorker, marker_to_result
@@ -27,9 +28,15 @@ IN_FLIGHT_PER_ACTOR = 2
 
 
 class _ShardActor:
-    def __init__(self, request: AugmentRequest, device: str, threads: int) -> None:
+    def __init__(
+        self, request: AugmentRequest, device: str, threads: int, s3: S3Settings | None = None
+    ) -> None:
         import torch
 
+        if s3 is not None:
+            # The driver's S3 settings, passed as an actor argument (secret masked in any repr),
+            # never through runtime_env, which Ray shows in its dashboard and logs.
+            install_s3_settings(s3)
         torch.set_num_threads(threads)
         self.worker = ShardWorker(request, device=device)
 
@@ -89,10 +96,11 @@ def _run_pool(
         threads = max(1, cluster_cpus() // size)
         options, device = {"num_cpus": threads}, "cpu"
     remote_cls = ray.remote(_ShardActor)
+    s3 = forwarded_settings() if _uses_s3(request) else None
 
     def new_actor() -> object:
         return remote_cls.options(**options, max_restarts=0, max_task_retries=0).remote(
-            request, device, threads
+            request, device, threads, s3
         )
 
     slots = [_Slot(new_actor()) for _ in range(size)]
@@ -147,6 +155,10 @@ def _run_pool(
             f"resumes from them:\n{lines}"
         )
     return results
+
+
+def _uses_s3(request: AugmentRequest) -> bool:
+    return any((u or "").startswith(("s3://", "s3a://")) for u in (request.output, request.inputs))
 
 
 def _retry(

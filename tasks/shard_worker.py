@@ -17,6 +17,7 @@ from PIL import Image
 
 from augflow.models.images import ImageRejected, decode_image
 from augflow.models.runner import AugmentModel
+from augflow.schemas.errors import StorageError
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import QUARANTINE_SCHEMA, ROW_SCHEMA
@@ -139,6 +140,8 @@ class ShardWorker:
             try:
                 with open_uri(uri) as fh:
                     column = pq.read_table(fh, columns=["image"]).column("image")
+            except StorageError:
+                raise  # the store is down or refuses us: fail the shard (it is retried), not the rows
             except Exception as exc:
                 for sid, _ in wanted:
                     out[sid] = f"cannot read {uri}: {type(exc).__name__}: {exc}"
@@ -155,6 +158,8 @@ class ShardWorker:
         try:
             with open_uri(uri) as fh:
                 data = fh.read()
+        except StorageError:
+            raise  # the store is down or refuses us: fail the shard (it is retried), not the row
         except Exception as exc:
             return f"cannot read {uri}: {type(exc).__name__}: {exc}"
         return self._decode(data, uri)

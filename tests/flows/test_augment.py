@@ -70,14 +70,18 @@ def test_generate_registers_a_version_datasets_can_read(tiny_model: Path, tmp_pa
     async def count() -> int:
         async with get_client() as client:
             runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
             )
             return len(runs)
 
     assert asyncio.run(count()) <= 6
 
 
-def test_same_request_twice_computes_nothing_and_registers_once(tiny_model: Path, tmp_path: Path) -> None:
+def test_same_request_twice_computes_nothing_and_registers_once(
+    tiny_model: Path, tmp_path: Path
+) -> None:
     from augflow.flows.augment import augment
 
     request = _generate(tiny_model, tmp_path / "out")
@@ -129,7 +133,11 @@ def test_img2img_quarantines_bad_images_and_loses_nothing(
     assert outcome.num_rows == 10 and outcome.num_quarantined == 2
     entry, rows = _rows(tmp_path / "out", name="photos-variants")
     assert {r["source_id"] for r in rows} == {
-        "photo-0.png", "photo-1.jpg", "photo-2.png", "photo-3.jpg", "sub/photo-4.png"
+        "photo-0.png",
+        "photo-1.jpg",
+        "photo-2.png",
+        "photo-3.jpg",
+        "sub/photo-4.png",
     }
     assert all(r["faithfulness_psnr"] is not None for r in rows)
     q = pq.read_table(entry.quarantine_files[0].uri.removeprefix("file://")).to_pylist()
@@ -137,7 +145,9 @@ def test_img2img_quarantines_bad_images_and_loses_nothing(
     assert "cannot identify" in q[0]["reason"] or "not an image" in q[0]["reason"]
 
 
-def test_quality_failure_registers_nothing_and_leaves_a_report(nan_model: Path, tmp_path: Path) -> None:
+def test_quality_failure_registers_nothing_and_leaves_a_report(
+    nan_model: Path, tmp_path: Path
+) -> None:
     from augflow.flows.augment import augment
 
     request = _generate(nan_model, tmp_path / "out", dataset="nan-gen")
