@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import pytest
+
+from augflow.schemas import AugmentRequest, RequestError, parse_request
+from augflow.schemas.records import ShardSpec, SourceItem, iter_work_items
+from augflow.schemas.rows import ROW_SCHEMA
+
+
+def _body(**over: object) -> dict:
+    body = {
+        "dataset": "cats",
+        "operation": {"kind": "generate", "num_images": 4},
+        "model": {"id": "m"},
+    }
+    body.update(over)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "words"),
+    [
+        ({"dataset": "Cats!"}, "dataset", "lowercase"),
+        ({"operation": {"kind": "blur"}}, "operation.kind", "generate, img2img, denoise, upscale"),
+        ({"operation": {"num_images": 3}}, "operation.kind", "needs `kind`"),
+        ({"operation": {"kind": "img2img", "strength": 0}}, "operation.strength", "greater than 0"),
+        ({"operation": {"kind": "upscale", "factor": 3}}, "operation.factor", "2 or 4"),
+        ({"operation": {"kind": "denoise"}}, "inputs", "needs `inputs`"),
+        ({"inputs": "/photos"}, "inputs", "takes no inputs"),
+        ({"image_size": 30}, "image_size", "multiple of 8"),
+        ({"steps": 0}, "steps", "greater than or equal to 1"),
+        ({"model": {"id": "m", "scheduler": "magic"}}, "model.scheduler", "ddim"),
+        ({"output": "s3://AKIA:secret@bucket/x"}, "output", "must not carry credentials"),
+        ({"aws_secret_access_key": "x"}, "aws_secret_access_key", "not a field"),
+        ({"execution": {"batch_size": 0}}, "execution.batch_size", "greater than or equal to 1"),
+    ],
+)
+def test_bad_fields_are_named(over: dict, field: str, words: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request(_body(**over))
+    assert err.value.field == field
+    assert words in str(err.value)
+    assert "secret@" not in str(err.value)
+
+
+def test_request_is_frozen_and_forbids_extras() -> None:
+    r = parse_request(_body())
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is internal
+        r.steps = 3  # type: ignore[misc]
+    assert AugmentRequest.model_config["extra"] == "forbid"
+
+
+def test_hash_ignores_how_but_not_what() -> None:
+    base = parse_request(_body())
+    same = parse_request(
+        _body(output="s3://b/elsewhere", execution={"batch_size": 16, "workers": 8})
+    )
+    other = parse_request(_body(steps=49))
+    assert base.request_hash == same.request_hash
+    assert base.request_hash != other.request_hash
+
+
+def test_work_items_are_deterministic_and_distinct() -> None:
+    r = parse_request(_body(operation={"kind": "img2img", "variants": 3}, inputs="/x"))
+    shard = ShardSpec(
+        shard_id="s",
+        index=0,
+        sources=(
+            SourceItem(source_id="a.png", uri="file:///x/a.png"),
+            SourceItem(source_id="b.png", uri="file:///x/b.png"),
+        ),
+    )
+    a = list(iter_work_items(r, shard))
+    b = list(iter_work_items(r, shard))
+    assert a == b and len(a) == 6
+    assert len({i.row_id for i in a}) == 6 and len({i.seed for i in a}) == 6
+    other = parse_request(_body(operation={"kind": "img2img", "variants": 3}, inputs="/x", seed=1))
+    assert {i.seed for i in iter_work_items(other, shard)}.isdisjoint({i.seed for i in a})
+
+
+def test_generate_cycles_class_labels() -> None:
+    r = parse_request(
+        _body(operation={"kind": "generate", "num_images": 5, "class_labels": [3, 7]})
+    )
+    items = list(iter_work_items(r, ShardSpec(shard_id="s", index=0, first=0, count=5)))
+    assert [i.class_label for i in items] == [3, 7, 3, 7, 3]
+
+
+def test_row_schema_carries_hf_image_feature() -> None:
+    import json
+
+    meta = json.loads(ROW_SCHEMA.metadata[b"huggingface"])
+    assert meta["info"]["features"]["image"] == {"_type": "Image"}
+    assert set(meta["info"]["features"]) == set(ROW_SCHEMA.names)
