@@ -73,7 +73,7 @@ def augment(request: AugmentRequest) -> RunOutcome:
         num_rows=outcome.entry.num_rows,
         num_quarantined=outcome.entry.num_quarantined,
         shards_computed=sum(r.status == "computed" for r in results),
-        shards_skipped=sum(r.status == "skipped" for r in results),
+        shards_skipped=sum(r.status != "computed" for r in results),
         report_uri=report.report_uri,
         preview_uri=preview,
     )

@@ -33,14 +33,52 @@ class ShardSpec(Frozen):
         return len(self.sources) if self.sources else self.count
 
 
+class ShardResult(Frozen):
+    """What a worker reports for a committed shard (paths are relative to the output root)."""
+
+    shard_id: str
+    data_file: str
+    quarantine_file: str | None
+    num_rows: int
+    num_quarantined: int
+    data_bytes: int
+    seconds: float
+    status: Literal["computed", "skipped", "carried"]
+    model_revision: str = ""
+    scheduler: str = ""
+
+    @classmethod
+    def from_marker(cls, marker: dict, status: str, seconds: float = 0.0) -> ShardResult:
+        """The result recorded in a shard's commit marker."""
+        return cls(
+            shard_id=marker["shard_id"],
+            data_file=marker["data_file"],
+            quarantine_file=marker["quarantine_file"],
+            num_rows=marker["num_rows"],
+            num_quarantined=marker["num_quarantined"],
+            data_bytes=marker["data_bytes"],
+            seconds=seconds,
+            status=status,  # type: ignore[arg-type]
+            model_revision=marker.get("model_revision", ""),
+            scheduler=marker.get("scheduler", ""),
+        )
+
+
 class Plan(Frozen):
-    """What a request will compute: shards, counts, and the version it would register as."""
+    """What a request will compute: shards, counts, and the version it would register as.
+
+    ``carried`` are committed shards of ``base_version`` (the latest version of the same request)
+    that the new version keeps without recomputing: an incremental refresh computes only sources
+    that version has not seen. ``num_rows`` counts every planned row, carried ones included.
+    """
 
     dataset: str
     request_hash: str
     version: str
     shards: tuple[ShardSpec, ...]
     num_rows: int
+    base_version: str | None = None
+    carried: tuple[ShardResult, ...] = ()
 
 
 class WorkItem(Frozen):
@@ -54,21 +92,6 @@ class WorkItem(Frozen):
     seed: int
     class_label: int | None = None
     prompt: str | None = None
-
-
-class ShardResult(Frozen):
-    """What a worker reports for a committed shard (paths are relative to the output root)."""
-
-    shard_id: str
-    data_file: str
-    quarantine_file: str | None
-    num_rows: int
-    num_quarantined: int
-    data_bytes: int
-    seconds: float
-    status: Literal["computed", "skipped"]
-    model_revision: str = ""
-    scheduler: str = ""
 
 
 def derive_id(*parts: object, length: int = 24) -> str:

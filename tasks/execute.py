@@ -20,7 +20,7 @@ from augflow.schemas.request import AugmentRequest
 from augflow.tasks.credentials import S3Settings, forwarded_settings, install_s3_settings
 from augflow.tasks.plan import RunLayout
 from augflow.tasks.ray_pool import cluster_cpus, cluster_gpus, ensure_ray
-from augflow.tasks.shard_worker import ShardWorker, marker_to_result
+from augflow.tasks.shard_worker import ShardWorker
 from augflow.tasks.storage import Storage
 
 # Two shards in flight per actor: the next one is queued while the current one computes.
@@ -64,7 +64,7 @@ def committed_results(request: AugmentRequest, plan: Plan) -> dict[str, ShardRes
     for shard in plan.shards:
         key = layout.commit_marker(shard.shard_id)
         if key in present:
-            done[shard.shard_id] = marker_to_result(storage.read_json(key), "skipped")
+            done[shard.shard_id] = ShardResult.from_marker(storage.read_json(key), "skipped")
     return done
 
 
@@ -73,15 +73,16 @@ def execute_plan(
     plan: Plan,
     on_result: Callable[[ShardResult], None] | None = None,
 ) -> list[ShardResult]:
-    """Compute every uncommitted shard; returns one result per shard in plan order."""
+    """Compute every uncommitted shard; returns the carried results, then one per shard in plan
+    order."""
     notify = on_result or (lambda _r: None)
     results = committed_results(request, plan)
-    for r in results.values():
+    for r in (*plan.carried, *results.values()):
         notify(r)
     pending = [s for s in plan.shards if s.shard_id not in results]
     if pending:
         results.update(_run_pool(request, pending, notify))
-    return [results[s.shard_id] for s in plan.shards]
+    return [*plan.carried, *(results[s.shard_id] for s in plan.shards)]
 
 
 def _run_pool(

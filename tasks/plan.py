@@ -3,8 +3,11 @@ shard ids, seeds, row ids and version."""
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from augflow.schemas.records import (
     Plan,
+    ShardResult,
     ShardSpec,
     SourceItem,
     derive_id,
@@ -12,14 +15,21 @@ from augflow.schemas.records import (
 )
 from augflow.schemas.request import AugmentRequest
 from augflow.tasks.inputs import list_sources
+from augflow.tasks.storage import Storage
 
 
-def make_plan(request: AugmentRequest, sources: list[SourceItem] | None = None) -> Plan:
+def make_plan(
+    request: AugmentRequest,
+    sources: list[SourceItem] | None = None,
+    base_version: str | None = None,
+    carried: tuple[ShardResult, ...] = (),
+) -> Plan:
     """Split the work into shards of about ``shard_size`` output rows.
 
     Shard ids hash their content (request hash + item ids), so a shard that reappears in a later
-    plan, e.g. after new inputs were added, is recognised as already committed. The version hashes
-    all shard ids: the same request over the same inputs is the same version.
+    plan is recognised as already committed. The version hashes every shard id, carried ones
+    included: the same request over the same inputs is the same version. ``sources`` are the
+    items still to compute; ``carried`` are committed shards of ``base_version`` kept as they are.
     """
     h = request.request_hash
     op = request.operation
@@ -39,20 +49,63 @@ def make_plan(request: AugmentRequest, sources: list[SourceItem] | None = None) 
             sid = derive_id(h, *(s.source_id for s in chunk), length=16)
             shards.append(ShardSpec(shard_id=sid, index=index, sources=chunk))
         num_rows = len(sources) * variants_per_source(request)
-    version = derive_id(h, *(s.shard_id for s in shards), length=12)
+    num_rows += sum(c.num_rows + c.num_quarantined for c in carried)
+    all_ids = sorted([s.shard_id for s in shards] + [c.shard_id for c in carried])
     return Plan(
         dataset=request.dataset,
         request_hash=h,
-        version=version,
+        version=derive_id(h, *all_ids, length=12),
         shards=tuple(shards),
         num_rows=num_rows,
+        base_version=base_version if carried else None,
+        carried=carried,
     )
 
 
 def plan_request(request: AugmentRequest) -> Plan:
-    """List the inputs (names only) and plan; computes nothing."""
-    sources = None if request.operation.kind == "generate" else list_sources(request)
-    return make_plan(request, sources)
+    """List the inputs (names only) and plan; computes nothing.
+
+    When a version of this same request is registered, only sources it has not seen are planned
+    and its shards are carried over (an incremental refresh). Quarantined sources count as seen:
+    they are accounted for in that version and are not retried.
+    """
+    if request.operation.kind == "generate":
+        return make_plan(request)
+    sources = list_sources(request)
+    base = _base_version(request)
+    if base is None:
+        return make_plan(request, sources)
+    storage = Storage(request.output)
+    layout = RunLayout(request.request_hash)
+    carried = tuple(
+        ShardResult.from_marker(storage.read_json(layout.commit_marker(sid)), "carried")
+        for sid in base.shard_ids
+    )
+    keys = [c.data_file for c in carried] + [
+        c.quarantine_file for c in carried if c.quarantine_file
+    ]
+    seen = set(storage.read_parquet(keys, columns=["source_id"]).column(0).to_pylist())
+    fresh = [s for s in sources if s.source_id not in seen]
+    return make_plan(request, fresh, base.version, carried)
+
+
+class _Base:
+    def __init__(self, version: str, shard_ids: list[str]) -> None:
+        self.version, self.shard_ids = version, shard_ids
+
+
+def _base_version(request: AugmentRequest) -> _Base | None:
+    """The newest registered version made by this same request (same hash), if any."""
+    from augflow.tasks.register import list_versions  # registry reads only; no import cycle
+
+    storage = Storage(request.output)
+    same = [
+        e for e in list_versions(storage, request.dataset) if e.request_hash == request.request_hash
+    ]
+    if not same:
+        return None
+    entry = same[-1]
+    return _Base(entry.version, [PurePosixPath(f.key).stem for f in entry.files])
 
 
 class RunLayout:

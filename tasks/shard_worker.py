@@ -25,21 +25,6 @@ from augflow.tasks.plan import RunLayout
 from augflow.tasks.storage import Storage, open_uri
 
 
-def marker_to_result(marker: dict[str, Any], status: str, seconds: float = 0.0) -> ShardResult:
-    return ShardResult(
-        shard_id=marker["shard_id"],
-        data_file=marker["data_file"],
-        quarantine_file=marker["quarantine_file"],
-        num_rows=marker["num_rows"],
-        num_quarantined=marker["num_quarantined"],
-        data_bytes=marker["data_bytes"],
-        seconds=seconds,
-        status=status,  # type: ignore[arg-type]
-        model_revision=marker.get("model_revision", ""),
-        scheduler=marker.get("scheduler", ""),
-    )
-
-
 class ShardWorker:
     """Holds one loaded model; turns shards into committed Parquet files."""
 
@@ -61,7 +46,7 @@ class ShardWorker:
     def process(self, shard: ShardSpec) -> ShardResult:
         marker_key = self.layout.commit_marker(shard.shard_id)
         if self.storage.exists(marker_key):
-            return marker_to_result(self.storage.read_json(marker_key), "skipped")
+            return ShardResult.from_marker(self.storage.read_json(marker_key), "skipped")
         start = time.perf_counter()
         items = list(iter_work_items(self.request, shard))
         rows: list[dict[str, Any]] = []
@@ -105,7 +90,7 @@ class ShardWorker:
             ).hexdigest(),
         }
         self.storage.create_json_exclusive(marker_key, marker)
-        return marker_to_result(marker, "computed", time.perf_counter() - start)
+        return ShardResult.from_marker(marker, "computed", time.perf_counter() - start)
 
     # --- inputs -------------------------------------------------------------------------
     def _batches(

@@ -60,6 +60,13 @@ def test_generate_registers_a_version_datasets_can_read(tiny_model: Path, tmp_pa
     assert first["model_id"] == str(tiny_model)
     assert first["seed"] > 0 and first["shard_id"] and first["row_id"]
     assert len({r["row_id"] for r in rows}) == 10
+    # The README's other one-line reads: pyarrow and Ray Data.
+    import pyarrow.dataset as pds
+    import ray
+
+    paths = [f.uri.removeprefix("file://") for f in entry.files]
+    assert pds.dataset(paths).to_table().num_rows == 10
+    assert ray.data.read_parquet([f.uri for f in entry.files]).count() == 10
     assert outcome.preview_uri and Path(outcome.preview_uri.removeprefix("file://")).is_file()
 
     # Task runs stay bounded: a fixed handful, not one per shard.
@@ -157,3 +164,44 @@ def test_quality_failure_registers_nothing_and_leaves_a_report(
     report = Path(err.value.report_uri.removeprefix("file://"))
     assert report.is_file() and "has_nan" in report.read_text()
     assert not (tmp_path / "out" / "registry").exists()
+
+
+def test_incremental_refresh_computes_only_new_sources(
+    tiny_model: Path, photos_dir: Path, tmp_path: Path
+) -> None:
+    from augflow.flows.augment import augment
+
+    (photos_dir / "broken.png").unlink()
+    request = parse_request(
+        {
+            "dataset": "refresh",
+            "operation": {"kind": "denoise", "noise_level": 20},
+            "inputs": str(photos_dir),
+            "model": {"id": str(tiny_model)},
+            "output": str(tmp_path / "out"),
+            "steps": 3,
+            "shard_size": 2,
+        }
+    )
+    first = augment(request)
+    assert (first.num_rows, first.shards_computed) == (5, 3)
+    _, old_rows = _rows(tmp_path / "out", name="refresh")
+
+    for i, name in enumerate(["aaa-new.png", "zzz-new.png"]):
+        (photos_dir / name).write_bytes((photos_dir / f"photo-{2 * i}.png").read_bytes())
+    second = augment(request)
+    assert second.status == "registered" and second.version != first.version
+    assert second.num_rows == 7
+    assert second.shards_computed == 1 and second.shards_skipped == 3  # only the 2 new images
+    entry, rows = _rows(tmp_path / "out", name="refresh")
+    assert entry.version == second.version
+    assert len({r["row_id"] for r in rows}) == 7
+    old = {r["row_id"]: r["image"]["bytes"] for r in old_rows}
+    assert {r["row_id"]: r["image"]["bytes"] for r in rows if r["row_id"] in old} == old
+    assert {r["source_id"] for r in rows} - {r["source_id"] for r in old_rows} == {
+        "aaa-new.png",
+        "zzz-new.png",
+    }
+    # Nothing new: the same version again, reported as already registered.
+    third = augment(request)
+    assert third.status == "already_registered" and third.version == second.version
