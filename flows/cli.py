@@ -149,6 +149,45 @@ def run(
     out.print(f"{outcome.ref} {outcome.uri}", soft_wrap=True)
 
 
+@app.command()
+def submit(
+    request_file: RequestFile,
+    output: OutputOption = None,
+    deployment: str = typer.Option("augment/on-demand", "--deployment", help="FLOW/DEPLOYMENT"),
+    wait: bool = typer.Option(False, "--wait", help="follow the run to name@version"),
+    force: bool = typer.Option(False, "--force", help="start a new run even if one exists"),
+    timeout: float | None = typer.Option(None, "--timeout", help="seconds to wait at most"),
+) -> None:
+    """Trigger a deployment run for a request (the same request twice starts one run)."""
+    from augflow.flows import submit as submitting
+    from augflow.tasks.register import entry_key, list_versions
+    from augflow.tasks.storage import Storage
+
+    request = _load(request_file, output)
+    run = submitting.submit(request, deployment, force=force)
+    url = submitting.run_url(run)
+    out.print(f"flow run {run.id} ({run.name})" + (f" {url}" if url else ""))
+    if not wait:
+        return
+    final = submitting.wait(run, timeout=timeout)
+    state = final.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "unknown"
+        console.print(f"[red]flow run {run.name} ended {name}:[/] {state.message if state else ''}")
+        raise typer.Exit(EXIT_FAILED)
+    storage = Storage(request.output)
+    mine = [
+        e for e in list_versions(storage, request.dataset) if e.request_hash == request.request_hash
+    ]
+    if not mine:
+        console.print(
+            f"[red]flow run {run.name} completed but no version of {request.dataset} is registered[/]"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    entry = mine[-1]
+    out.print(f"{entry.name}@{entry.version} {storage.uri(entry_key(entry.name, entry.version))}")
+
+
 @datasets_app.command("list")
 def datasets_list(
     root: RootOption = "augflow-data", as_json: bool = typer.Option(False, "--json")
