@@ -62,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                     str(port),
                 ],
                 env=env,
-                stdout=open(logs / "server.log", "wb"),
+                stdout=open(logs / "server.log", "wb"),  # noqa: SIM115 - lives as long as the server
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -96,7 +96,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
                 [str(BIN / "prefect"), "worker", "start", "--pool", "augflow-local"],
                 env=env,
                 cwd=REPO,
-                stdout=open(logs / "worker.log", "wb"),
+                stdout=open(logs / "worker.log", "wb"),  # noqa: SIM115 - lives as long as the worker
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
