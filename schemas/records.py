@@ -46,6 +46,9 @@ class ShardResult(Frozen):
     status: Literal["computed", "skipped", "carried"]
     model_revision: str = ""
     scheduler: str = ""
+    # The Ray node that computed the shard (empty for skipped/carried ones), set by the Ray actor from
+    # the actor's runtime context; deliberately not in the commit marker, which stays deterministic.
+    node_id: str = ""
 
     @classmethod
     def from_marker(cls, marker: dict, status: str, seconds: float = 0.0) -> ShardResult:

@@ -41,7 +41,11 @@ class _ShardActor:
         self.worker = ShardWorker(request, device=device)
 
     def process(self, shard: ShardSpec) -> ShardResult:
-        return self.worker.process(shard)
+        result = self.worker.process(shard)
+        if result.status != "computed":
+            return result
+        # Which node computed it, for reports and the scale-out test; the marker does not hold it.
+        return result.model_copy(update={"node_id": ray.get_runtime_context().get_node_id()})
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
