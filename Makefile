@@ -34,10 +34,16 @@ test: install lint
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
+# The demo runs with a HOME of its own: Prefect keeps its local database there, and a
+# ray_bootstrap_config.yaml there stops Ray's usage-stats module from probing cloud metadata
+# endpoints, so the demo talks to 127.0.0.1 only.
+DEMO_HOME := $(CURDIR)/.venv/demo-home
+
 demo: install
+	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
 	$(BIN)/python examples/prepare_inputs.py examples/inputs
-	$(BIN)/augflow run examples/demo-denoise.yaml --output $(DEMO_ROOT)
-	$(BIN)/augflow datasets list --root $(DEMO_ROOT)
+	HOME=$(DEMO_HOME) $(BIN)/augflow run examples/demo-denoise.yaml --output $(DEMO_ROOT)
+	HOME=$(DEMO_HOME) $(BIN)/augflow datasets list --root $(DEMO_ROOT)
 
 clean:
 	rm -rf $(VENV) augflow-data .pytest_cache .ruff_cache examples/inputs

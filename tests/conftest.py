@@ -13,6 +13,21 @@ from PIL import Image
 
 pytest_plugins = ["s3_fixtures"]
 
+def _sandbox_home() -> None:
+    """Give the test session (and every process it starts) a private HOME.
+
+    Ray's usage-stats module, which Ray loads even with the dashboard off, probes cloud metadata
+    endpoints (169.254.169.254, metadata.google.internal) unless ``~/ray_bootstrap_config.yaml``
+    names a provider. Tests must only talk to 127.0.0.1, so HOME points at a folder that has one.
+    """
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="augflow-test-home-"))
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    os.environ["HOME"] = str(home)
+
+
+_sandbox_home()
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
