@@ -23,6 +23,7 @@ from augflow.schemas.request import ModelSpec
 #: augflow's own pipeline classes, resolved lazily so a missing module only matters when used.
 AUGFLOW_PIPELINES: dict[str, str] = {
     "SR3Pipeline": "augflow.models.sr3:SR3Pipeline",
+    "SleepPipeline": "augflow.models.sleep:SleepPipeline",
 }
 
 #: Short scheduler names of the request -> diffusers class names.

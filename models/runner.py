@@ -8,7 +8,16 @@ Convolution kernels on CPU and GPU pick different algorithms and reduction order
 batch shapes (measured: ~1e-6 difference between a batch of 4 and four batches of 1 on CPU), which
 after many steps can flip a rounded pixel; since ``execution.batch_size`` is deliberately not part of
 the request hash, an image must not depend on it. ``batch_invariant=False`` batches same-size items
-through the UNet for throughput, at the cost of that guarantee.
+through the UNet for throughput, at the cost of that guarantee; it is the default on CUDA (see
+:mod:`augflow.models.speed`), where batching is most of the speed and fp16 is not bit-stable
+across GPU models anyway. Either way each image keeps its own generator, so its noise is the same.
+
+A CUDA out-of-memory error in a batch halves the batch (for the rest of the actor's life) and
+retries, instead of failing the shard.
+
+Families (``self.family``): ``unet`` (UNet2DModel pixel pipelines, below), ``sr3`` (augflow's
+SR3Pipeline), ``text-latent`` (Stable Diffusion and friends: :mod:`.families.text`) and
+``upscaler`` (x4 / latent x2 / LDM super-resolution: :mod:`.families.upscalers`).
 """
 
 from __future__ import annotations
@@ -27,13 +36,20 @@ from PIL import Image, ImageOps
 from augflow.models.images import encode_png, pil_to_tensor, tensor_to_pil
 from augflow.models.loading import load_pipeline
 from augflow.models.metrics import compute_metrics
+from augflow.models.speed import SpeedOptions, apply_speedups, is_cuda_oom, release_cuda_memory
 from augflow.schemas.errors import ModelLoadError, RequestError
 from augflow.schemas.records import WorkItem
 from augflow.schemas.request import AugmentRequest
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = "generate/img2img/denoise/upscale with UNet2DModel pixel pipelines (DDPMPipeline, DDIMPipeline); denoise/upscale with SR3Pipeline"
+SUPPORTED = (
+    "generate/img2img/denoise/upscale with UNet2DModel pixel pipelines (DDPMPipeline, "
+    "DDIMPipeline); denoise/upscale with SR3Pipeline; generate/img2img/denoise/upscale/inpaint "
+    "with text-conditioned latent pipelines (StableDiffusion*, SDXL); upscale with "
+    "StableDiffusionUpscalePipeline, StableDiffusionLatentUpscalePipeline, "
+    "LDMSuperResolutionPipeline"
+)
 
 
 @dataclass
@@ -57,11 +73,14 @@ class AugmentModel:
     """Holds one loaded pipeline for one request; call it with batches of work items."""
 
     def __init__(
-        self, request: AugmentRequest, device: str = "auto", *, batch_invariant: bool = True
+        self,
+        request: AugmentRequest,
+        device: str = "auto",
+        *,
+        batch_invariant: bool | None = None,
     ) -> None:
         self.request = request
         self.op = request.operation
-        self.batch_invariant = batch_invariant
         loaded = load_pipeline(request.model, device)
         self.pipeline = loaded.pipeline
         self.model_id = loaded.model_id
@@ -69,19 +88,56 @@ class AugmentModel:
         self.scheduler_name = loaded.scheduler_name
         self.device = loaded.device
         self.dtype = loaded.dtype
+        self.speed = SpeedOptions.for_device(self.device, batch_invariant)
+        self.batch_invariant = self.speed.batch_invariant
+        #: largest batch the model is given; halved for good by a CUDA out-of-memory error
+        self.max_batch = 1 if self.batch_invariant else request.execution.batch_size
+        self._impl: Any = None
+        from augflow.models.families.text import TextLatentFamily, is_text_latent
+        from augflow.models.families.upscalers import UpscalerFamily, is_upscaler
+
         sr3 = _sr3_class()
-        self.family = "sr3" if sr3 is not None and isinstance(self.pipeline, sr3) else "unet"
+        if sr3 is not None and isinstance(self.pipeline, sr3):
+            self.family = "sr3"
+        elif is_upscaler(self.pipeline):
+            self.family, self._impl = "upscaler", UpscalerFamily(self)
+        elif type(self.pipeline).__name__ == "SleepPipeline":  # benchmark fake: models/sleep.py
+            from augflow.models.sleep import SleepFamily
+
+            self.family, self._impl = "sleep", SleepFamily(self)
+        elif is_text_latent(self.pipeline) and self.op.kind in (
+            "generate",
+            "img2img",
+            "denoise",
+            "upscale",
+            "inpaint",
+        ):
+            self.family, self._impl = "text-latent", TextLatentFamily(self)
+        else:
+            self.family = "unet"
         self._check_supported()
+        # after the checks: they look at the real module classes, which compile wraps
+        self.speed_settings = apply_speedups(self.task_pipeline, self.speed)
+
+    @property
+    def task_pipeline(self) -> Any:
+        """The pipeline object actually called (for text models: the task variant of the load)."""
+        return self._impl.pipe if self._impl is not None else self.pipeline
 
     # --- validation ----------------------------------------------------------------------------
 
     def _check_supported(self) -> None:
+        if self._impl is not None:
+            self._impl.check()
+            return
         kind = self.op.kind
         cls_name = type(self.pipeline).__name__
         unsupported = ModelLoadError(
             f"model {self.model_id!r}: pipeline class {cls_name} is not supported for operation "
             f"{kind!r} yet; supported: {SUPPORTED}"
         )
+        if kind == "inpaint":
+            raise unsupported
         if self.family == "sr3":
             if kind not in ("denoise", "upscale"):
                 raise unsupported
@@ -152,6 +208,8 @@ class AugmentModel:
 
     def expected_size(self, source_size: tuple[int, int] | None) -> tuple[int, int]:
         """Output (w, h) for an item whose source is ``source_size`` (None for generate)."""
+        if self._impl is not None:
+            return self._impl.expected_size(source_size)
         kind = self.op.kind
         if kind in ("generate", "img2img"):
             return self._native_size()
@@ -181,16 +239,36 @@ class AugmentModel:
             key = None if src is None or self.op.kind in ("generate", "img2img") else src.size
             groups.setdefault(key, []).append(i)
         for idx in groups.values():
-            chunks = [[i] for i in idx] if self.batch_invariant else [idx]
-            for chunk in chunks:
+            k = 0
+            while k < len(idx):
+                # max_batch is re-read each time: an OOM in this loop lowers it for what follows
+                chunk = idx[k : k + self.max_batch]
                 self._run_isolated(chunk, items, sources, results)
+                k += len(chunk)
         return [r for r in results if r is not None]
 
     def _run_isolated(self, idx, items, sources, results) -> None:
-        """Run a chunk; if it fails, retry item by item so one bad item does not sink the rest."""
+        """Run a chunk; if it fails, retry item by item so one bad item does not sink the rest.
+
+        A CUDA out-of-memory error is not the items' fault: the chunk is split in halves, the
+        actor's ``max_batch`` lowered, and both halves retried.
+        """
         try:
             outs = self._run_chunk([items[i] for i in idx], [sources[i] for i in idx])
         except Exception as exc:
+            if is_cuda_oom(exc) and len(idx) > 1:
+                half = (len(idx) + 1) // 2
+                self.max_batch = min(self.max_batch, half)
+                log.warning(
+                    "CUDA out of memory with a batch of %d; retrying with batches of %d",
+                    len(idx),
+                    self.max_batch,
+                )
+                del exc  # drops the traceback's references to the failed batch's tensors
+                release_cuda_memory()
+                self._run_isolated(idx[:half], items, sources, results)
+                self._run_isolated(idx[half:], items, sources, results)
+                return
             if len(idx) > 1:
                 for i in idx:
                     self._run_isolated([i], items, sources, results)
@@ -208,7 +286,9 @@ class AugmentModel:
         gens = [torch.Generator(self.device).manual_seed(it.seed) for it in items]
         kind = self.op.kind
         refs: list[Image.Image | None]
-        if kind == "generate":
+        if self._impl is not None:
+            x, refs = self._impl.compute(items, sources, gens)
+        elif kind == "generate":
             x = self._generate(items, gens)
             refs = [None] * len(items)
         elif kind == "img2img":
@@ -247,6 +327,8 @@ class AugmentModel:
 
     @property
     def _class_conditional(self) -> bool:
+        if self.family != "unet":
+            return False
         return self.family == "unet" and self.pipeline.unet.config.num_class_embeds is not None
 
     def _labels(self, items: list[WorkItem]) -> torch.Tensor | None:

@@ -118,6 +118,7 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
     if op.kind == "generate":
         for i in range(shard.first, shard.first + shard.count):
             source_id = f"generated/{i:09d}"
+            label, prompt = op.condition_for(i)
             yield WorkItem(
                 row_id=derive_id(h, source_id, 0),
                 source_id=source_id,
@@ -125,11 +126,11 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
                 source_row=None,
                 variant=0,
                 seed=derive_seed(h, request.seed, source_id, 0),
-                class_label=op.class_labels[i % len(op.class_labels)] if op.class_labels else None,
-                prompt=op.prompts[i % len(op.prompts)] if op.prompts else None,
+                class_label=label,
+                prompt=prompt,
             )
         return
-    prompt = op.prompt if op.kind == "img2img" else None
+    prompt = op.prompt if op.kind in ("img2img", "inpaint") else None
     for src in shard.sources:
         for v in range(variants_per_source(request)):
             yield WorkItem(

@@ -49,7 +49,13 @@ class ModelSpec(Frozen):
 
 
 class GenerateOp(Frozen):
-    """Sample N new images: unconditional, class-conditional or prompt-conditioned."""
+    """Sample N new images: unconditional, class-conditional or prompt-conditioned.
+
+    Text-to-image models take ``prompts`` (cycled over the images) or, for a labelled dataset,
+    ``class_names`` with a ``prompt_template``: image i gets label ``class_labels[i % n]`` (default:
+    every class in turn) and the prompt ``prompt_template.format(label=class_names[label])``, so
+    both the label and the prompt land in the row.
+    """
 
     kind: Literal["generate"] = "generate"
     num_images: int = Field(ge=1, le=100_000_000)
@@ -59,7 +65,37 @@ class GenerateOp(Frozen):
     prompts: list[str] | None = Field(
         default=None, description="cycled over the images (text-to-image models)"
     )
+    class_names: list[str] | None = Field(
+        default=None,
+        description="text-to-image: label -> name, filled into prompt_template per image",
+    )
+    prompt_template: str | None = Field(
+        default=None, description="e.g. 'a photo of a {label}'; needs class_names"
+    )
     negative_prompt: str | None = None
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "{label}" not in v:
+            raise ValueError(f"{v!r} has no {{label}} placeholder, e.g. 'a photo of a {{label}}'")
+        try:
+            v.format(label="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{v!r} is not a template with only {{label}} in it ({exc}); write literal "
+                "braces as {{ and }}"
+            ) from None
+        return v
+
+    @field_validator("class_names")
+    @classmethod
+    def _names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not n.strip() for n in v)):
+            raise ValueError("class_names must be a non-empty list of non-empty names")
+        return v
 
     @model_validator(mode="after")
     def _one_condition(self) -> GenerateOp:
@@ -69,7 +105,29 @@ class GenerateOp(Frozen):
             raise ValueError("class_labels is empty; omit it for unconditional sampling")
         if self.prompts is not None and not self.prompts:
             raise ValueError("prompts is empty; omit it for unconditional sampling")
+        if self.prompts is not None and self.class_names is not None:
+            raise ValueError("give prompts or class_names (+ prompt_template), not both")
+        if self.prompt_template is not None and self.class_names is None:
+            raise ValueError("prompt_template needs class_names to fill {label} with")
+        if self.class_names is not None and self.class_labels is not None:
+            bad = [c for c in self.class_labels if not 0 <= c < len(self.class_names)]
+            if bad:
+                raise ValueError(
+                    f"class_labels {bad} have no entry in class_names "
+                    f"(labels 0..{len(self.class_names) - 1})"
+                )
         return self
+
+    def condition_for(self, index: int) -> tuple[int | None, str | None]:
+        """(class label, prompt) of image ``index``; pure, so plans and workers agree."""
+        if self.class_names is not None:
+            labels = self.class_labels or list(range(len(self.class_names)))
+            label = labels[index % len(labels)]
+            template = self.prompt_template or "{label}"
+            return label, template.format(label=self.class_names[label])
+        label = self.class_labels[index % len(self.class_labels)] if self.class_labels else None
+        prompt = self.prompts[index % len(self.prompts)] if self.prompts else None
+        return label, prompt
 
 
 class Img2ImgOp(Frozen):
@@ -97,7 +155,45 @@ class UpscaleOp(Frozen):
     strength: float = Field(default=0.3, gt=0.0, le=1.0)
 
 
-Operation = Annotated[GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp, Field(discriminator="kind")]
+class InpaintOp(Frozen):
+    """Repaint the masked part of every input (text-conditioned inpainting models).
+
+    The mask is white (255) where the model may paint and black where the input is kept; grey
+    levels are thresholded by the pipeline. Give exactly one of ``mask`` (one image for every
+    input, resized to each input's size) or ``mask_column`` (Parquet inputs: a column of image
+    cells, one mask per row, in the same struct/bytes form as the ``image`` column).
+    """
+
+    kind: Literal["inpaint"] = "inpaint"
+    mask: str | None = Field(default=None, description="URI of a mask image (white = repaint)")
+    mask_column: str | None = Field(
+        default=None, min_length=1, description="Parquet inputs: column with one mask per row"
+    )
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    strength: float = Field(default=1.0, gt=0.0, le=1.0)
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _no_credentials_in_uri(v, "operation.mask")
+
+    @model_validator(mode="after")
+    def _one_mask(self) -> InpaintOp:
+        if (self.mask is None) == (self.mask_column is None):
+            raise ValueError(
+                "give exactly one of mask (a mask image URI) or mask_column (Parquet inputs)"
+            )
+        return self
+
+
+_ADDED_OPTIONAL_OP_FIELDS = ("class_names", "prompt_template")
+
+OPERATION_KINDS = ("generate", "img2img", "denoise", "upscale", "inpaint")
+
+Operation = Annotated[
+    GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp | InpaintOp, Field(discriminator="kind")
+]
 
 
 class QualityThresholds(Frozen):
@@ -195,7 +291,14 @@ class AugmentRequest(Frozen):
     # --- identity -------------------------------------------------------------------------
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that decide output bytes (``output`` and ``execution`` do not)."""
-        return self.model_dump(mode="json", exclude={"output", "execution"})
+        data = self.model_dump(mode="json", exclude={"output", "execution"})
+        op = data["operation"]
+        for key in _ADDED_OPTIONAL_OP_FIELDS:
+            # fields added after requests were first hashed: left out while unset so every
+            # earlier request keeps its hash (and its registered version)
+            if key in op and op[key] is None:
+                del op[key]
+        return data
 
     @property
     def request_hash(self) -> str:
@@ -213,7 +316,7 @@ class AugmentRequest(Frozen):
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic puts the union tag in the location (operation.img2img.strength); users wrote
     # operation.strength, so the tag is dropped.
-    parts = [str(p) for p in loc if p not in ("generate", "img2img", "denoise", "upscale")]
+    parts = [str(p) for p in loc if p not in OPERATION_KINDS]
     return ".".join(parts) or "request"
 
 
@@ -234,10 +337,10 @@ def parse_request(data: Any) -> AugmentRequest:
         if first["type"] == "extra_forbidden":
             msg = "is not a field here; check its spelling (the README lists every request field)"
         elif first["type"] == "union_tag_invalid":
-            msg = "operation.kind must be one of: generate, img2img, denoise, upscale"
+            msg = f"operation.kind must be one of: {', '.join(OPERATION_KINDS)}"
             field = "operation.kind"
         elif first["type"] == "union_tag_not_found":
-            msg = "operation needs `kind`: one of generate, img2img, denoise, upscale"
+            msg = f"operation needs `kind`: one of {', '.join(OPERATION_KINDS)}"
             field = "operation.kind"
         more = len(exc.errors()) - 1
         if more:

@@ -152,3 +152,228 @@ def items_for(request: AugmentRequest, n_sources: int) -> list[WorkItem]:
         srcs = tuple(SourceItem(source_id=f"src-{i}", uri=f"mem://{i}") for i in range(n_sources))
         shard = ShardSpec(shard_id="s0", index=0, sources=srcs)
     return list(iter_work_items(request, shard))
+
+
+# --- text-conditioned latent pipelines (Stable Diffusion family) ---------------------------------
+#
+# Every component is built from a config with a handful of channels so a save + load + 2-step call
+# takes well under a second on CPU. The CLIP tokenizer is built from a vocab/merges pair written
+# here (byte-level BPE: the 256 byte symbols, their end-of-word forms and two merges), so nothing is
+# fetched from the hub.
+
+TEXT_HIDDEN = 16
+
+
+def _byte_symbols() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes (GPT-2's mapping)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return [out[b] for b in range(256)]
+
+
+def write_clip_tokenizer_files(folder: str | Path) -> tuple[Path, Path]:
+    """A tiny byte-level BPE vocabulary that CLIPTokenizer accepts; returns (vocab, merges)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    tokens = (
+        symbols + [s + "</w>" for s in symbols] + ["ph", "pho", "<|startoftext|>", "<|endoftext|>"]
+    )
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
+    vocab_file.write_text(json.dumps(vocab))
+    merges_file.write_text("#version: 0.2\np h\nph o\n")
+    return vocab_file, merges_file
+
+
+def tiny_clip(folder: str | Path, seed: int = 0) -> tuple[Any, Any]:
+    """(CLIPTextModel, CLIPTokenizer) with a 2-layer, 16-wide text encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab_file, merges_file = write_clip_tokenizer_files(folder)
+    tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config).eval(), tokenizer
+
+
+def tiny_vae(
+    seed: int = 0, blocks: int = 2, latent_channels: int = 4, sample_size: int = 32
+) -> Any:
+    """AutoencoderKL whose scale factor is 2**(blocks-1)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(8, 16, 16, 16)[:blocks],
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=4,
+        sample_size=sample_size,
+    )
+
+
+def tiny_cond_unet(
+    seed: int = 0,
+    in_channels: int = 4,
+    out_channels: int = 4,
+    sample_size: int = 8,
+    **extra: Any,
+) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=4,
+        **extra,
+    )
+
+
+def _sd_scheduler() -> Any:
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def make_tiny_sd(path: str | Path, seed: int = 0, inpaint: bool = False) -> Path:
+    """A StableDiffusionPipeline (or StableDiffusionInpaintPipeline, 9-channel UNet) folder.
+
+    Native size 16 px: 8 latent px x VAE factor 2.
+    """
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    path = Path(path)
+    text_encoder, tokenizer = tiny_clip(path.parent / f".{path.name}-tok", seed)
+    cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+    pipe = cls(
+        vae=tiny_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=tiny_cond_unet(seed, in_channels=9 if inpaint else 4),
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_sd_upscale_x4(path: str | Path, seed: int = 0) -> Path:
+    """A StableDiffusionUpscalePipeline folder: 7-channel UNet (latent + low-res image), VAE x4."""
+    from diffusers import StableDiffusionUpscalePipeline
+
+    path = Path(path)
+    text_encoder, tokenizer = tiny_clip(path.parent / f".{path.name}-tok", seed)
+    vae = tiny_vae(seed, blocks=3)
+    vae.register_to_config(scaling_factor=0.08333)  # what the real x4 model uses
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=tiny_cond_unet(seed, in_channels=7, num_class_embeds=351),
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction", set_alpha_to_one=False),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_latent_upscale_x2(path: str | Path, seed: int = 0) -> Path:
+    """A StableDiffusionLatentUpscalePipeline folder (8 channels in, 5 out, Karras conditioning)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline
+
+    path = Path(path)
+    text_encoder, tokenizer = tiny_clip(path.parent / f".{path.name}-tok", seed)
+    unet = tiny_cond_unet(
+        seed,
+        in_channels=8,
+        out_channels=5,
+        time_cond_proj_dim=128 + TEXT_HIDDEN,
+        resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier",
+        timestep_post_act="gelu",
+        conv_in_kernel=1,
+        conv_out_kernel=1,
+    )
+    pipe = StableDiffusionLatentUpscalePipeline(
+        vae=tiny_vae(seed),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(prediction_type="sample"),
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def make_tiny_ldm_sr(path: str | Path, seed: int = 0) -> Path:
+    """An LDMSuperResolutionPipeline folder: VQModel x4 and a 6-channel pixel-latent UNet."""
+    from diffusers import LDMSuperResolutionPipeline, VQModel
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    vqvae = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=3,
+        norm_num_groups=4,
+        num_vq_embeddings=32,
+    )
+    torch.manual_seed(seed)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=6,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    LDMSuperResolutionPipeline(
+        vqvae=vqvae, unet=unet, scheduler=DDIMScheduler(set_alpha_to_one=False)
+    ).save_pretrained(path, safe_serialization=True)
+    return path

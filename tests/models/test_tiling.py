@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,11 +11,13 @@ import torch.nn.functional as F
 from augflow.models.tiling import pad_to, ramp_window, tile_starts, tiled_apply
 
 
-@pytest.mark.parametrize("length,tile,overlap", [(64, 64, 16), (65, 64, 16), (200, 64, 16), (37, 32, 8)])
+@pytest.mark.parametrize(
+    "length,tile,overlap", [(64, 64, 16), (65, 64, 16), (200, 64, 16), (37, 32, 8)]
+)
 def test_tile_starts_cover_with_overlap(length: int, tile: int, overlap: int) -> None:
     starts = tile_starts(length, tile, overlap)
     assert starts[0] == 0 and starts[-1] + tile == length
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
 
 
 def test_ramp_window_positive_and_flat_in_the_middle() -> None:
