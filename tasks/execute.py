@@ -94,8 +94,11 @@ def _run_pool(
 ) -> dict[str, ShardResult]:
     ensure_ray()
     gpus = cluster_gpus() if request.execution.device != "cpu" else 0
+    # device=cuda asks for GPU actors even when the cluster has no GPU yet: an autoscaler (KubeRay
+    # GPU group at zero) adds GPU nodes for pending GPU actors, which it never does for CPU ones.
+    wants_gpu = gpus > 0 or request.execution.device == "cuda"
     size = min(request.execution.workers or max(1, gpus), len(pending))
-    if gpus:
+    if wants_gpu:
         options, device, threads = {"num_gpus": 1, "num_cpus": 1}, "cuda", 1
     else:
         threads = max(1, cluster_cpus() // size)

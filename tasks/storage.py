@@ -2,21 +2,30 @@
 
 Call sites name objects by keys relative to the root (``runs/<hash>/shards/x.parquet``); they never
 build URIs by string concatenation nor see boto3. Commits use exclusive creates: on S3 a conditional
-``If-None-Match`` write (``mode="xb"``), locally a hard link of a finished temp file, which is atomic
-and fails when the key exists.
+``If-None-Match: *`` PUT, locally a hard link of a finished temp file, which is atomic and fails
+when the key exists.
+
+Remote calls are retried with exponential backoff while the error is transient (connection
+refused/reset, timeouts, 5xx, SlowDown) for at most ``AUGFLOW_S3_RETRY_SECONDS`` (default 60) in
+total; anything else, or a store that stays down, raises :class:`StorageError` naming the endpoint
+and bucket and saying what to check. Error text is scrubbed of the secret key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import logging
 import os
 import posixpath
+import random
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -24,6 +33,42 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from augflow.schemas.errors import CommitConflictError, StorageError
+from augflow.tasks.credentials import CHECK_HINT, S3Settings, s3_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRY_ENV = "AUGFLOW_S3_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0
+# Reads and multipart writes move 16 MiB per request: few round trips for shard-sized files, and
+# bounded memory per open file. Files under 2 x 64 MiB go up in one PUT (no multipart overhead).
+BLOCK_SIZE = 16 * 2**20
+PUT_CHUNK = 64 * 2**20
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",  # AWS: another conditional write to the key is in flight
+    "500",
+    "502",
+    "503",
+    "504",
+    "429",
+}
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+    "401",
+}
 
 
 def normalize_uri(uri: str) -> str:
@@ -48,14 +93,189 @@ def filesystem_for(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def storage_options_for(uri: str) -> dict[str, Any]:
-    """Connection settings from the environment only (never from a request)."""
-    if uri.startswith("s3://"):
-        opts: dict[str, Any] = {}
-        endpoint = os.environ.get("AUGFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            opts["endpoint_url"] = endpoint
-        return opts
-    return {}
+    """fsspec options for ``uri`` from the environment or a Prefect block (never from a request).
+
+    This is also what a downstream reader passes on, e.g.
+    ``load_dataset("parquet", data_files=uris, storage_options=storage_options_for(uri))``.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    return _s3fs_options(s3_settings())
+
+
+def _s3fs_options(s: S3Settings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        # botocore retries quickly a couple of times; the wrapper's own backoff covers outages.
+        "config_kwargs": {
+            "retries": {"max_attempts": 3, "mode": "standard"},
+            "connect_timeout": 5,
+            "read_timeout": 60,
+        },
+        "default_block_size": BLOCK_SIZE,
+        # Markers are written by other processes; a cached listing must not hide them.
+        "use_listings_cache": False,
+    }
+    if s.endpoint_url:
+        opts["endpoint_url"] = s.endpoint_url
+    if s.region:
+        opts["client_kwargs"] = {"region_name": s.region}
+    if s.key:
+        opts["key"] = s.key
+    if s.secret is not None:
+        opts["secret"] = s.secret.get_secret_value()
+    if s.token is not None:
+        opts["token"] = s.token.get_secret_value()
+    return opts
+
+
+def arrow_filesystem(uri: str) -> Any:
+    """A ``pyarrow.fs`` filesystem with the same settings, for pyarrow datasets and Ray Data."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, _ = filesystem_for(uri)
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+# --- errors and retries ----------------------------------------------------------------------
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = err.get("Code")
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return str(code or status) if (code or status) else None
+    return None
+
+
+def classify(exc: BaseException) -> str:
+    """``exists`` | ``missing`` | ``auth`` | ``transient`` | ``other`` for a storage exception."""
+    import aiohttp
+    import botocore.exceptions as bx
+
+    transient_cls: tuple[type[BaseException], ...] = (
+        ConnectionError,  # refused / reset / aborted
+        TimeoutError,
+        bx.ConnectionError,  # EndpointConnectionError, ConnectTimeout, ...
+        bx.HTTPClientError,
+        bx.ReadTimeoutError,
+        aiohttp.ClientConnectionError,
+        aiohttp.ClientPayloadError,
+        fsspec.exceptions.FSTimeoutError,
+    )
+    for e in _chain(exc):
+        code = _code(e)
+        if code in ("PreconditionFailed", "412"):
+            return "exists"
+        if code in _TRANSIENT_CODES:
+            return "transient"
+        if code in _AUTH_CODES:
+            return "auth"
+        if code in ("NoSuchBucket",):
+            return "no_bucket"
+        if isinstance(e, FileExistsError):
+            return "exists"
+        if isinstance(e, FileNotFoundError):
+            return "missing"
+        if isinstance(e, transient_cls):
+            return "transient"
+        if isinstance(e, PermissionError):
+            return "auth"
+        if isinstance(e, OSError) and e.errno in (errno.ECONNREFUSED, errno.ECONNRESET):
+            return "transient"
+    return "other"
+
+
+def _scrub(text: str, settings: S3Settings | None) -> str:
+    for secret in settings.secrets() if settings else []:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+def storage_error(what: str, uri: str, exc: BaseException, kind: str | None = None) -> StorageError:
+    """A :class:`StorageError` for ``exc`` that says what to fix, without the secret."""
+    kind = kind or classify(exc)
+    if not uri.startswith(("s3://", "s3a://")):
+        return StorageError(f"cannot {what} {uri}: {_short(exc)}")
+    settings = s3_settings()
+    endpoint = settings.endpoint_url or "AWS S3 (no endpoint URL set)"
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    where = f"S3 endpoint {endpoint}, bucket {bucket!r}"
+    if kind == "auth":
+        msg = (
+            f"cannot {what} {uri}: access denied by {where} ({_short(exc)}); the credentials "
+            f"came from {settings.source}: {CHECK_HINT}, and that the key may use this bucket"
+        )
+    elif kind == "no_bucket":
+        msg = f"cannot {what} {uri}: {where} does not exist; create the bucket first"
+    elif kind == "transient":
+        msg = (
+            f"cannot {what} {uri}: {where} did not answer after retrying for "
+            f"{retry_seconds():.0f}s ({_short(exc)}); check that the store is up and that "
+            "AUGFLOW_S3_ENDPOINT_URL / AWS_ENDPOINT_URL points at it. Committed shards are kept; "
+            "a re-run resumes from them"
+        )
+    else:
+        msg = f"cannot {what} {uri} ({where}): {_short(exc)}"
+    return StorageError(_scrub(msg, settings))
+
+
+def retry_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)))
+    except ValueError:
+        return DEFAULT_RETRY_SECONDS
+
+
+def with_retries(what: str, uri: str, fn: Callable[[], T], passthrough: tuple[str, ...] = ()) -> T:
+    """Run ``fn``, retrying transient failures with capped exponential backoff and jitter.
+
+    Exceptions whose :func:`classify` kind is in ``passthrough`` are re-raised unchanged (the
+    caller handles them); FileNotFoundError always is. ``fn`` must be safe to repeat.
+    """
+    deadline = time.monotonic() + retry_seconds()
+    delay = 0.25
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            kind = classify(exc)
+            if kind in passthrough or kind == "missing":
+                raise
+            left = deadline - time.monotonic()
+            if kind != "transient" or left <= 0:
+                raise storage_error(what, uri, exc, kind) from None
+            pause = min(delay * (1 + random.random() / 2), left, 8.0)
+            log.warning(
+                "storage: %s %s failed (attempt %d, %s); retrying in %.1fs",
+                what,
+                uri,
+                attempt,
+                _scrub(_short(exc), s3_settings() if uri.startswith("s3") else None),
+                pause,
+            )
+            time.sleep(pause)
+            delay = min(delay * 2, 8.0)
+
+
+# --- the wrapper ------------------------------------------------------------------------------
 
 
 class Storage:
@@ -78,10 +298,19 @@ class Storage:
 
     # --- reads --------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        return self._call("check", key, self.fs.exists, self.path(key))
+        path = self.path(key)
+
+        def check() -> bool:
+            try:
+                self.fs.info(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+        return self._call("check", key, check)
 
     def read_bytes(self, key: str) -> bytes:
-        return self._call("read", key, self.fs.cat_file, self.path(key))
+        return self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
@@ -90,29 +319,31 @@ class Storage:
         """Keys directly below ``prefix`` (empty when it does not exist)."""
         base = self.path(prefix)
         try:
-            entries = self.fs.ls(base, detail=False, refresh=True)
+            entries = self._call("list", prefix, lambda: self.fs.ls(base, detail=False))
         except FileNotFoundError:
             return []
-        except Exception as exc:
-            raise StorageError(f"cannot list {self.uri(prefix)}: {exc}") from exc
         root = self._root_path.rstrip("/") + "/"
         return sorted(e.removeprefix(root) for e in entries if e.rstrip("/") != base.rstrip("/"))
 
     def size(self, key: str) -> int:
-        return int(self._call("stat", key, self.fs.size, self.path(key)))
+        return int(self._call("stat", key, lambda: self.fs.size(self.path(key))))
 
     def read_parquet(self, keys: Iterable[str], columns: list[str] | None = None) -> pa.Table:
         tables = []
         for key in keys:
-            with self.fs.open(self.path(key), "rb") as f:
-                tables.append(pq.read_table(f, columns=columns))
+            if self.is_local:
+                with self.fs.open(self.path(key), "rb") as f:
+                    tables.append(pq.read_table(f, columns=columns))
+            else:
+                # One GET per shard file, retried as a whole: a half-read file is never used.
+                tables.append(pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns))
         if not tables:
             raise StorageError("read_parquet was given no files")
         return pa.concat_tables(tables)
 
     # --- writes -------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write (or replace) an object. Locally the object appears whole or not at all."""
+        """Write (or replace) an object; it appears whole or not at all."""
         path = self.path(key)
         if self.is_local:
             os.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -121,15 +352,22 @@ class Storage:
                 f.write(data)
             os.replace(tmp, path)
             return
-        self._call("write", key, self.fs.pipe_file, path, data)
+        # A PUT (or a multipart upload, completed last) is atomic on S3, so a retry is safe.
+        self._call("write", key, lambda: self.fs.pipe_file(path, data, chunksize=PUT_CHUNK))
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, _json_bytes(obj))
 
     def write_parquet(self, key: str, table: pa.Table, **kwargs: Any) -> int:
-        """Write one Parquet file; returns its size in bytes."""
+        """Write one Parquet file; returns its size in bytes.
+
+        Encoded in memory and uploaded in one request: shard files are bounded by the shard size,
+        and a single PUT is both atomic and cheaper than a streamed multipart upload.
+        """
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", **kwargs)
+        for name, value in _codec_defaults(table.schema).items():
+            kwargs.setdefault(name, value)
+        pq.write_table(table, buf, **kwargs)
         data = buf.getvalue()
         self.write_bytes(key, data)
         return len(data)
@@ -137,13 +375,14 @@ class Storage:
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if it does not exist.
 
-        Returns True when this call created it, False when the same bytes were already there (a
-        retried commit whose first response was lost). Different bytes there raise
-        :class:`CommitConflictError`.
+        Returns True when this call created it, False when the same bytes were already there
+        (another run committed the same thing). Different bytes there raise
+        :class:`CommitConflictError`. A create whose response was lost and which is retried finds
+        its own bytes and returns True.
         """
         path = self.path(key)
-        try:
-            if self.is_local:
+        if self.is_local:
+            try:
                 os.makedirs(posixpath.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{uuid.uuid4().hex}"
                 with open(tmp, "wb") as f:
@@ -152,38 +391,79 @@ class Storage:
                     os.link(tmp, path)
                 finally:
                     os.unlink(tmp)
-            else:
-                with self.fs.open(path, "xb") as f:
-                    f.write(data)
+                return True
+            except FileExistsError:
+                return self._same_or_conflict(key, data, retried=False)
+            except OSError as exc:
+                raise StorageError(f"cannot create {self.uri(key)}: {exc}") from exc
+        attempts = 0
+
+        def put() -> None:
+            nonlocal attempts
+            attempts += 1
+            self.fs.pipe_file(path, data, mode="create")
+
+        try:
+            self._call("create", key, put, passthrough=("exists",))
             return True
-        except FileExistsError:
-            existing = self.read_bytes(key)
-            if existing == data:
-                return False
-            raise CommitConflictError(
-                f"{self.uri(key)} already exists with different content; it was created by "
-                "another run and is never overwritten"
-            ) from None
-        except OSError as exc:
-            raise StorageError(f"cannot create {self.uri(key)}: {exc}") from exc
+        except Exception as exc:
+            if classify(exc) != "exists":
+                raise
+            return self._same_or_conflict(key, data, retried=attempts > 1)
+
+    def _same_or_conflict(self, key: str, data: bytes, retried: bool) -> bool:
+        existing = self.read_bytes(key)
+        if existing == data:
+            return retried
+        raise CommitConflictError(
+            f"{self.uri(key)} already exists with different content; it was created by "
+            "another run and is never overwritten"
+        ) from None
 
     def create_json_exclusive(self, key: str, obj: Any) -> bool:
         return self.create_exclusive(key, _json_bytes(obj))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.path(key))
+            self._call("delete", key, lambda: self.fs.rm_file(self.path(key)))
 
     # --- helpers ------------------------------------------------------------------------
-    def _call(self, what: str, key: str, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"cannot {what} {self.uri(key)}: {type(exc).__name__}: {exc}"
-            ) from exc
+    def _call(
+        self, what: str, key: str, fn: Callable[[], T], passthrough: tuple[str, ...] = ()
+    ) -> T:
+        if self.is_local:
+            try:
+                return fn()
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                raise StorageError(
+                    f"cannot {what} {self.uri(key)}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return with_retries(what, self.uri(key), fn, passthrough)
+
+
+def _codec_defaults(schema: pa.Schema) -> dict[str, Any]:
+    """zstd everywhere except binary cells (PNG/JPEG bytes): those are already compressed, and
+    zstd plus a dictionary attempt on them cost ~10x the encode time for no size gain."""
+    codecs: dict[str, str] = {}
+    dictionary: list[str] = []
+
+    def walk(field: pa.Field, prefix: str) -> bool:
+        path = prefix + field.name
+        if pa.types.is_struct(field.type):
+            return all(walk(field.type.field(i), path + ".") for i in range(field.type.num_fields))
+        if pa.types.is_nested(field.type):
+            return False  # list/map leaf paths are writer-specific; keep the simple default
+        binary = pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)
+        codecs[path] = "none" if binary else "zstd"
+        if not binary:
+            dictionary.append(path)
+        return True
+
+    if not all(walk(f, "") for f in schema):
+        return {"compression": "zstd"}
+    return {"compression": codecs, "use_dictionary": dictionary}
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -191,6 +471,13 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def open_uri(uri: str, mode: str = "rb") -> Any:
-    """Open any input URI (a source image or Parquet file outside the output root)."""
+    """Open any input URI (a source image or Parquet file outside the output root).
+
+    Remote reads fetch the whole object with retries and hand back an in-memory file: inputs are
+    single images or Parquet files read whole anyway, and a retried whole GET never mixes bytes of
+    two attempts.
+    """
     fs, path = filesystem_for(uri)
-    return fs.open(path, mode)
+    if mode != "rb" or isinstance(fs, LocalFileSystem):
+        return fs.open(path, mode)
+    return io.BytesIO(with_retries("read", normalize_uri(uri), lambda: fs.cat_file(path)))
