@@ -91,6 +91,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
         prefect("work-pool", "create", "augflow-local", "--type", "process")
         prefect("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+        # The zombie-run automation is accepted by a real server as written in the repo.
+        prefect("automation", "create", "--from-file", "infra/prefect-zombie-automation.yaml")
+        shown = prefect("automation", "inspect", "augflow-crash-zombie-flow-runs", "--json")
+        assert '"prefect.flow-run.heartbeat"' in shown and "CRASHED" in shown
         procs.append(
             subprocess.Popen(
                 [str(BIN / "prefect"), "worker", "start", "--pool", "augflow-local"],
@@ -123,6 +127,9 @@ def test_deployment_file_declares_schedules_and_the_request_form() -> None:
     slugs = {s["slug"] for s in nightly["schedules"]}
     assert slugs == {"nightly-denoise-photos", "weekly-generate-faces"}
     assert all(s["timezone"] for s in nightly["schedules"])
+    # Heartbeats are what the zombie automation watches.
+    env = nightly["work_pool"]["job_variables"]["env"]
+    assert int(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) > 0
     from augflow.schemas import parse_request
 
     for s in nightly["schedules"]:  # every schedule's request is a valid request
