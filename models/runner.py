@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from augflow.models.families.common import output_size
 from augflow.models.images import encode_png, pil_to_tensor, tensor_to_pil
 from augflow.models.loading import load_pipeline
 from augflow.models.metrics import compute_metrics
@@ -210,15 +211,8 @@ class AugmentModel:
         """Output (w, h) for an item whose source is ``source_size`` (None for generate)."""
         if self._impl is not None:
             return self._impl.expected_size(source_size)
-        kind = self.op.kind
-        if kind in ("generate", "img2img"):
-            return self._native_size()
-        if source_size is None:
-            raise ValueError(f"operation {kind!r} needs the source size")
-        w, h = source_size
-        if kind == "upscale":
-            return w * self.op.factor, h * self.op.factor
-        return w, h
+        native = self._native_size() if self.op.kind in ("generate", "img2img") else (0, 0)
+        return output_size(self.op, native, source_size)
 
     # --- the call ------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 pytest_plugins = ["s3_fixtures"]
 
+
 def _sandbox_home() -> None:
     """Give the test session (and every process it starts) a private HOME.
 

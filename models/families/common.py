@@ -44,3 +44,18 @@ def cell_bytes(value: Any) -> bytes | None:
     """The bytes of a Parquet image cell (struct {bytes, path} or raw binary)."""
     data = value.get("bytes") if isinstance(value, dict) else value
     return data or None
+
+
+def output_size(
+    op: Any, native: tuple[int, int], source_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """(w, h) of an output: the model's native size for generate/img2img, the source size for
+    denoise/inpaint, ``factor`` times it for upscale."""
+    if op.kind in ("generate", "img2img"):
+        return native
+    if source_size is None:
+        raise ValueError(f"operation {op.kind!r} needs the source size")
+    w, h = source_size
+    if op.kind == "upscale":
+        return w * op.factor, h * op.factor
+    return w, h

@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageOps
 
-from augflow.models.families.common import any_to_mask, cell_bytes, pad_multiple, to_unit
+from augflow.models.families.common import (
+    any_to_mask,
+    cell_bytes,
+    output_size,
+    pad_multiple,
+    to_unit,
+)
 from augflow.models.images import ImageRejected, decode_image
 from augflow.schemas.errors import ModelLoadError, RequestError
 from augflow.schemas.records import WorkItem
@@ -125,15 +131,8 @@ class TextLatentFamily:
         return int(s[1]) * self.vae_scale, int(s[0]) * self.vae_scale
 
     def expected_size(self, source_size: tuple[int, int] | None) -> tuple[int, int]:
-        kind = self.op.kind
-        if kind in ("generate", "img2img"):
-            return self.native_size()
-        if source_size is None:
-            raise ValueError(f"operation {kind!r} needs the source size")
-        w, h = source_size
-        if kind == "upscale":
-            return w * self.op.factor, h * self.op.factor
-        return w, h
+        native = self.native_size() if self.op.kind in ("generate", "img2img") else (0, 0)
+        return output_size(self.op, native, source_size)
 
     # --- the call ----------------------------------------------------------------------------
 
