@@ -1,0 +1,1 @@
+"""Scripts that train augflow's bundled offline models (CI never runs them)."""
