@@ -12,6 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+# augflow talks to nothing but its own services: no telemetry from the local Prefect server Prefect
+# starts when no API URL is set, no usage stats from Ray. Users can still opt in explicitly.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
 app = typer.Typer(help="Batch data augmentation with diffusion models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Registered dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
