@@ -37,7 +37,14 @@ from augflow.models.families.common import output_size
 from augflow.models.images import encode_png, pil_to_tensor, tensor_to_pil
 from augflow.models.loading import load_pipeline
 from augflow.models.metrics import compute_metrics
-from augflow.models.speed import SpeedOptions, apply_speedups, is_cuda_oom, release_cuda_memory
+from augflow.models.speed import (
+    SpeedOptions,
+    apply_speedups,
+    auto_batch_size,
+    free_cuda_bytes,
+    is_cuda_oom,
+    release_cuda_memory,
+)
 from augflow.schemas.errors import ModelLoadError, RequestError
 from augflow.schemas.records import WorkItem
 from augflow.schemas.request import AugmentRequest
@@ -119,6 +126,23 @@ class AugmentModel:
         self._check_supported()
         # after the checks: they look at the real module classes, which compile wraps
         self.speed_settings = apply_speedups(self.task_pipeline, self.speed)
+        if (
+            not self.batch_invariant
+            and self.device.startswith("cuda")
+            and "batch_size" not in request.execution.model_fields_set
+        ):
+            self.max_batch = auto_batch_size(self._unet_pixels(), free_cuda_bytes())
+        self.speed_settings["batch_size"] = self.max_batch
+
+    def _unet_pixels(self) -> int:
+        """Spatial size the UNet works at for this request's native output (batch sizing)."""
+        unet = getattr(self.pipeline, "unet", None)
+        if unet is None or self.op.kind not in ("generate", "img2img"):
+            return 128 * 128  # unknown or per-source sizes: a conservative guess
+        w, h = self.expected_size(None)
+        vae = getattr(self.pipeline, "vae", None)
+        scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        return (w // scale) * (h // scale)
 
     @property
     def task_pipeline(self) -> Any:

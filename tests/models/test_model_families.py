@@ -347,3 +347,15 @@ def test_x4_upscaler_tiles_a_large_input(models, monkeypatch) -> None:
     assert max(s[-1] for s in decoded) < 28 and max(s[-2] for s in decoded) < 20
     # seamless enough to still be the same picture: faithful to the input at its own scale
     assert out.metrics["faithfulness_psnr"] is not None
+
+
+def test_auto_batch_size_follows_resolution_and_memory() -> None:
+    from augflow.models.speed import MAX_AUTO_BATCH, auto_batch_size
+
+    gib = 1024**3
+    sd15 = auto_batch_size(64 * 64, free_bytes=70 * gib)  # 512² SD-1.5 on an 80 GB card
+    assert 16 <= sd15 <= MAX_AUTO_BATCH
+    assert auto_batch_size(128 * 128, free_bytes=70 * gib) < sd15  # 1024²: fewer at once
+    assert auto_batch_size(64 * 64, free_bytes=8 * gib) < sd15  # a smaller card: fewer
+    assert auto_batch_size(64 * 64, free_bytes=1) == 1  # never zero
+    assert auto_batch_size(4, free_bytes=70 * gib) == MAX_AUTO_BATCH  # capped
