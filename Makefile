@@ -45,5 +45,10 @@ demo: install
 	HOME=$(DEMO_HOME) $(BIN)/augflow run examples/demo-denoise.yaml --output $(DEMO_ROOT)
 	HOME=$(DEMO_HOME) $(BIN)/augflow datasets list --root $(DEMO_ROOT)
 
+# Writes bench/results/bench.json and bench.md; the latest numbers are in docs/benchmarks.md.
+bench: install
+	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
+	HOME=$(DEMO_HOME) $(BIN)/python -m bench.run --out bench/results
+
 clean:
 	rm -rf $(VENV) augflow-data .pytest_cache .ruff_cache examples/inputs
