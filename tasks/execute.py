@@ -107,9 +107,11 @@ def _run_pool(
     s3 = forwarded_settings() if _uses_s3(request) else None
 
     def new_actor() -> object:
-        return remote_cls.options(**options, max_restarts=0, max_task_retries=0).remote(
-            request, device, threads, s3
-        )
+        # max_concurrency lets an actor read/upload one shard while it computes the next; the
+        # worker's lock keeps compute itself one shard at a time.
+        return remote_cls.options(
+            **options, max_restarts=0, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR
+        ).remote(request, device, threads, s3)
 
     slots = [_Slot(new_actor()) for _ in range(size)]
     queue: deque[ShardSpec] = deque(pending)

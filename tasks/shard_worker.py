@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ class ShardWorker:
         self.storage = Storage(request.output)
         self.layout = RunLayout(request.request_hash)
         self.model = AugmentModel(request, device=device or request.execution.device)
+        # One shard computes at a time: the model holds the device (and on CPU all its threads).
+        self._compute_lock = threading.Lock()
         self._params = json.dumps(
             {
                 "operation": request.operation.model_dump(mode="json"),
@@ -51,15 +54,19 @@ class ShardWorker:
         items = list(iter_work_items(self.request, shard))
         rows: list[dict[str, Any]] = []
         quarantine: list[dict[str, Any]] = []
-        for batch, images in self._batches(shard, items, quarantine):
-            outputs = self.model(batch, images)
-            for item, out in zip(batch, outputs, strict=True):
-                if out.error is not None or out.png is None:
-                    quarantine.append(
-                        self._quarantine_row(shard, item, "model", out.error or "no output")
-                    )
-                else:
-                    rows.append(self._row(shard, item, out.png, out.metrics or {}))
+        # Reading sources and writing results happen outside the lock, so when the actor runs two
+        # shards at once (max_concurrency) one computes while the other reads or uploads.
+        sources = self._load_sources(shard)
+        with self._compute_lock:
+            for batch, images in self._batches(shard, items, sources, quarantine):
+                outputs = self.model(batch, images)
+                for item, out in zip(batch, outputs, strict=True):
+                    if out.error is not None or out.png is None:
+                        quarantine.append(
+                            self._quarantine_row(shard, item, "model", out.error or "no output")
+                        )
+                    else:
+                        rows.append(self._row(shard, item, out.png, out.metrics or {}))
         if self.request.write_image_files:
             for row in rows:
                 self.storage.write_bytes(
@@ -94,9 +101,12 @@ class ShardWorker:
 
     # --- inputs -------------------------------------------------------------------------
     def _batches(
-        self, shard: ShardSpec, items: list[WorkItem], quarantine: list[dict[str, Any]]
+        self,
+        shard: ShardSpec,
+        items: list[WorkItem],
+        sources: dict[str, Image.Image | str],
+        quarantine: list[dict[str, Any]],
     ) -> Iterator[tuple[list[WorkItem], list[Image.Image | None]]]:
-        sources = self._load_sources(shard)
         ready: list[tuple[WorkItem, Image.Image | None]] = []
         for item in items:
             if item.source_uri is None:

@@ -79,3 +79,21 @@ def test_parquet_inputs_and_bad_cells_become_quarantine_rows(ddim: Path, tmp_pat
     assert q[0]["source_id"] == "c" and q[0]["stage"] == "decode" and q[0]["reason"]
     rows = pq.read_table(tmp_path / "out" / result.data_file).to_pylist()
     assert [r["source_row"] for r in rows] == [0, 1]
+
+
+def test_concurrent_shards_on_one_worker_match_a_sequential_run(ddim: Path, tmp_path: Path) -> None:
+    """The Ray actor runs two shards at once (one computes while the other reads or uploads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(root: Path, threads: int) -> dict[str, bytes]:
+        request = _request(
+            ddim, root, operation={"kind": "generate", "num_images": 6}, shard_size=2
+        )
+        worker = ShardWorker(request)
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(worker.process, plan_request(request).shards))
+        assert [r.status for r in results] == ["computed"] * 3
+        rows = [r for res in results for r in pq.read_table(root / res.data_file).to_pylist()]
+        return {r["row_id"]: r["image"]["bytes"] for r in rows}
+
+    assert run(tmp_path / "threads", 2) == run(tmp_path / "sequential", 1)
