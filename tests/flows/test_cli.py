@@ -127,7 +127,14 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(
         timeout=600,
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{20 - done_before} shards computed, {done_before} reused" in rerun.stderr
+    # A shard in flight at the kill may still have landed its commit; either way every shard is
+    # computed exactly once across the two runs, and the re-run reuses what was committed.
+    import re
+
+    counts = re.search(r"(\d+) shards computed, (\d+) reused", rerun.stderr)
+    assert counts, rerun.stderr[-2000:]
+    computed, reused = int(counts[1]), int(counts[2])
+    assert computed + reused == 20 and reused >= done_before and computed >= 1
     assert rerun.stdout.startswith("killed@")
 
     show = subprocess.run(
