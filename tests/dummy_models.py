@@ -24,12 +24,13 @@ from augflow.schemas import (
 
 
 def tiny_unet(
-    sample_size: int = 16, seed: int = 0, num_class_embeds: int | None = None
+    sample_size: int = 16, seed: int = 0, num_class_embeds: int | None = None, in_channels: int = 3
 ) -> UNet2DModel:
+    """A ~20k-parameter pixel UNet; ``in_channels=6`` for conditional models (x_t + condition)."""
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=sample_size,
-        in_channels=3,
+        in_channels=in_channels,
         out_channels=3,
         layers_per_block=1,
         block_out_channels=(8, 16),
@@ -98,17 +99,7 @@ def make_tiny_sr3(path: str | Path, task: str = "upscale", seed: int = 0) -> Pat
     from augflow.models.sr3 import SR3Pipeline
 
     path = Path(path)
-    torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=16,
-        in_channels=6,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_unet(sample_size=16, seed=seed, in_channels=6)
     sched = DDIMScheduler(prediction_type="sample", timestep_spacing="trailing")
     factors = [2, 4] if task == "upscale" else []
     pipe = SR3Pipeline(unet, sched, task=task, factors=factors, tile_size=16, tile_overlap=4)
@@ -362,17 +353,7 @@ def make_tiny_ldm_sr(path: str | Path, seed: int = 0) -> Path:
         norm_num_groups=4,
         num_vq_embeddings=32,
     )
-    torch.manual_seed(seed)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=6,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_unet(sample_size=8, seed=seed, in_channels=6)
     LDMSuperResolutionPipeline(
         vqvae=vqvae, unet=unet, scheduler=DDIMScheduler(set_alpha_to_one=False)
     ).save_pretrained(path, safe_serialization=True)
