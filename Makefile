@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_ROOT ?= augflow-data
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast lint typecheck format demo bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+
+# mypy must see the installed names (augflow.schemas, ...), which only exist through the
+# package-dir mapping; links under .mypy-src/augflow give it the same view.
+typecheck: install
+	mkdir -p .mypy-src/augflow
+	for d in schemas models tasks flows; do ln -sfn ../../$$d .mypy-src/augflow/$$d; done
+	$(BIN)/mypy -p augflow.schemas -p augflow.models -p augflow.tasks -p augflow.flows
 
 format: install
 	$(BIN)/ruff format .
