@@ -148,11 +148,30 @@ class DenoiseOp(Frozen):
 
 
 class UpscaleOp(Frozen):
-    """Upscale inputs by ``factor``; ``strength`` is how much the model may re-draw detail."""
+    """Upscale inputs by ``factor``; ``strength`` is how much the model may re-draw detail.
+
+    ``tile`` / ``tile_overlap`` (low-resolution pixels) decide how dedicated upscalers cut large
+    inputs; they change output bytes, so they are request fields. None keeps the model's default.
+    """
 
     kind: Literal["upscale"] = "upscale"
     factor: Literal[2, 4] = 2
     strength: float = Field(default=0.3, gt=0.0, le=1.0)
+    tile: int | None = Field(
+        default=None, ge=16, le=4096, description="tile side in input pixels (upscaler models)"
+    )
+    tile_overlap: int | None = Field(
+        default=None, ge=0, le=1024, description="overlap of neighbouring tiles in input pixels"
+    )
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> UpscaleOp:
+        if self.tile is not None and self.tile_overlap is not None:
+            if self.tile_overlap * 2 >= self.tile:
+                raise ValueError(
+                    f"tile_overlap {self.tile_overlap} must be less than half of tile {self.tile}"
+                )
+        return self
 
 
 class InpaintOp(Frozen):
@@ -187,7 +206,7 @@ class InpaintOp(Frozen):
         return self
 
 
-_ADDED_OPTIONAL_OP_FIELDS = ("class_names", "prompt_template")
+_ADDED_OPTIONAL_OP_FIELDS = ("class_names", "prompt_template", "tile", "tile_overlap")
 
 OPERATION_KINDS = ("generate", "img2img", "denoise", "upscale", "inpaint")
 
@@ -210,15 +229,45 @@ class QualityThresholds(Frozen):
     )
 
 
+class ComputeSpec(Frozen):
+    """How images are computed. Part of the request hash: each of these can change output bytes
+    (convolutions pick other kernels and reduction orders for other batch shapes, memory formats
+    and compiled graphs), so two runs that differ here are two different versions."""
+
+    micro_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="images per model call; default 1 on CPU, 8 on CUDA (a CUDA OOM halves it)",
+    )
+    channels_last: bool | None = Field(
+        default=None, description="NHWC memory format; default on for CUDA, off for CPU"
+    )
+    compile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="torch.compile the UNet with this backend ('inductor', 'eager', ...); off if unset",
+    )
+
+
 class ExecutionSpec(Frozen):
     """How the work runs. Not part of the request hash: it never changes an output byte."""
 
-    batch_size: int = Field(default=4, ge=1, le=1024)
     workers: int | None = Field(
         default=None, ge=1, le=4096, description="Ray actors; default one per GPU, else 1"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_retries: int = Field(default=2, ge=0, le=20, description="retries of a failed shard")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "batch_size" in data:
+            raise ValueError(
+                "batch_size: moved to compute.micro_batch (batching can change output bytes, so it "
+                "is part of the request hash now); set compute: {micro_batch: N} instead"
+            )
+        return data
 
 
 class AugmentRequest(Frozen):
@@ -232,7 +281,9 @@ class AugmentRequest(Frozen):
     )
     output: str = Field(default="augflow-data", description="root URI of data and registry")
     model: ModelSpec
-    steps: int = Field(default=50, ge=1, le=1000)
+    steps: int | None = Field(
+        default=None, ge=1, le=1000, description="sampling steps; default: the model's own default"
+    )
     guidance_scale: float | None = Field(default=None, ge=0.0, le=100.0)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     image_size: int | None = Field(
@@ -244,6 +295,7 @@ class AugmentRequest(Frozen):
     shard_size: int = Field(default=64, ge=1, le=100_000)
     write_image_files: bool = False
     quality: QualityThresholds = QualityThresholds()
+    compute: ComputeSpec = ComputeSpec()
     execution: ExecutionSpec = ExecutionSpec()
 
     @field_validator("dataset")

@@ -117,10 +117,10 @@ class ShardWorker:
                 quarantine.append(self._quarantine_row(shard, item, "decode", img))
             else:
                 ready.append((item, img))
-        bs = self.request.execution.batch_size
-        for i in range(0, len(ready), bs):
-            chunk = ready[i : i + bs]
-            yield [c[0] for c in chunk], [c[1] for c in chunk]
+        # One call per shard: the model splits it into micro-batches of a fixed composition
+        # (compute.micro_batch), so how many workers run the shards never changes a byte.
+        if ready:
+            yield [c[0] for c in ready], [c[1] for c in ready]
 
     def _load_sources(self, shard: ShardSpec) -> dict[str, Image.Image | str]:
         """Decoded source images by id; a string in place of an image is the rejection reason."""

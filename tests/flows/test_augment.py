@@ -22,7 +22,7 @@ def _generate(model: Path, root: Path, **extra) -> object:
         "output": str(root),
         "steps": 4,
         "shard_size": 3,
-        "execution": {"batch_size": 2},
+        "compute": {"micro_batch": 2},
     }
     body.update(extra)
     return parse_request(body)
@@ -107,8 +107,8 @@ def test_two_fresh_runs_give_identical_bytes(tiny_model: Path, tmp_path: Path) -
     from augflow.flows.augment import augment
 
     a = augment(_generate(tiny_model, tmp_path / "a"))
-    # A different batch size and pool size must not change an image.
-    b = augment(_generate(tiny_model, tmp_path / "b", execution={"batch_size": 3, "workers": 2}))
+    # A different pool size (and so thread count per actor) must not change an image.
+    b = augment(_generate(tiny_model, tmp_path / "b", execution={"workers": 2}))
     assert a.version == b.version
     _, rows_a = _rows(tmp_path / "a")
     _, rows_b = _rows(tmp_path / "b")

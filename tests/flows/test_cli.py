@@ -98,7 +98,7 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(
             "output": str(out),
             "steps": 60,
             "shard_size": 2,
-            "execution": {"batch_size": 1, "workers": 1},
+            "execution": {"workers": 1},
         },
     )
     proc = subprocess.Popen(

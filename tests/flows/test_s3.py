@@ -29,7 +29,7 @@ def _generate(model: Path, root: str, **extra: Any) -> Any:
         "output": root,
         "steps": 2,
         "shard_size": 2,
-        "execution": {"batch_size": 2},
+        "compute": {"micro_batch": 2},
     }
     body.update(extra)
     return parse_request(body)

@@ -32,7 +32,13 @@ def _body(**over: object) -> dict:
         ({"model": {"id": "m", "scheduler": "magic"}}, "model.scheduler", "ddim"),
         ({"output": "s3://AKIA:secret@bucket/x"}, "output", "must not carry credentials"),
         ({"aws_secret_access_key": "x"}, "aws_secret_access_key", "not a field"),
-        ({"execution": {"batch_size": 0}}, "execution.batch_size", "greater than or equal to 1"),
+        ({"compute": {"micro_batch": 0}}, "compute.micro_batch", "greater than or equal to 1"),
+        ({"execution": {"batch_size": 4}}, "execution", "moved to compute.micro_batch"),
+        (
+            {"operation": {"kind": "upscale", "tile": 64, "tile_overlap": 32}},
+            "operation",
+            "less than half",
+        ),
     ],
 )
 def test_bad_fields_are_named(over: dict, field: str, words: str) -> None:
@@ -53,11 +59,14 @@ def test_request_is_frozen_and_forbids_extras() -> None:
 def test_hash_ignores_how_but_not_what() -> None:
     base = parse_request(_body())
     same = parse_request(
-        _body(output="s3://b/elsewhere", execution={"batch_size": 16, "workers": 8})
+        _body(output="s3://b/elsewhere", execution={"workers": 8, "max_retries": 5})
     )
     other = parse_request(_body(steps=49))
+    batched = parse_request(_body(compute={"micro_batch": 4}))
     assert base.request_hash == same.request_hash
     assert base.request_hash != other.request_hash
+    # batching can change bytes, so it is part of what the hash covers
+    assert base.request_hash != batched.request_hash
 
 
 def test_work_items_are_deterministic_and_distinct() -> None:

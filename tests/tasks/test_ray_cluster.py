@@ -160,7 +160,7 @@ def test_two_nodes_on_loopback_compute_shards_on_both(tiny_model: Path, tmp_path
         "output": str(tmp_path / "out"),
         "steps": 2,
         "shard_size": 1,
-        "execution": {"batch_size": 1, "workers": 2, "device": "cpu"},
+        "execution": {"workers": 2, "device": "cpu"},
     }
     request = parse_request(body)
     (tmp_path / "request.json").write_text(json.dumps(body))
