@@ -166,11 +166,14 @@ class UpscaleOp(Frozen):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> UpscaleOp:
-        if self.tile is not None and self.tile_overlap is not None:
-            if self.tile_overlap * 2 >= self.tile:
-                raise ValueError(
-                    f"tile_overlap {self.tile_overlap} must be less than half of tile {self.tile}"
-                )
+        if (
+            self.tile is not None
+            and self.tile_overlap is not None
+            and self.tile_overlap * 2 >= self.tile
+        ):
+            raise ValueError(
+                f"tile_overlap {self.tile_overlap} must be less than half of tile {self.tile}"
+            )
         return self
 
 
