@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from augflow.schemas.errors import QualityGateError
-from augflow.schemas.records import RunOutcome
-from augflow.schemas.request import AugmentRequest
-from augflow.tasks.register import entry_key
-from augflow.tasks.report import publish_artifacts
-from augflow.tasks.steps import (
+from augflow.flows.artifacts import publish_artifacts
+from augflow.flows.steps import (
     execute_step,
     find_registered_step,
     plan_step,
@@ -17,6 +13,10 @@ from augflow.tasks.steps import (
     register_step,
     validate_step,
 )
+from augflow.schemas.errors import QualityGateError
+from augflow.schemas.records import RunOutcome
+from augflow.schemas.request import AugmentRequest
+from augflow.tasks import layout
 from augflow.tasks.storage import Storage
 
 
@@ -31,12 +31,12 @@ def augment(request: AugmentRequest) -> RunOutcome:
             dataset=existing.name,
             version=existing.version,
             status="already_registered",
-            uri=storage.uri(entry_key(existing.name, existing.version)),
+            uri=storage.uri(layout.registry_entry(existing.name, existing.version)),
             num_rows=existing.num_rows,
             num_quarantined=existing.num_quarantined,
             shards_computed=0,
             shards_skipped=len(plan.shards),
-            report_uri=existing.checks.report_uri,
+            report_uri=storage.uri(existing.quality.report_key),
             preview_uri=None,
         )
     results = execute_step(request, plan)

@@ -59,8 +59,8 @@ def plan(
 ) -> None:
     """Dry run: shards, images, output URIs and the request hash. Computes nothing."""
     from augflow.schemas import AugflowError
-    from augflow.tasks.plan import RunLayout, plan_request
-    from augflow.tasks.register import entry_key
+    from augflow.tasks import layout as keys
+    from augflow.tasks.plan import plan_request
     from augflow.tasks.storage import Storage
 
     request = _load(request_file, output)
@@ -69,7 +69,7 @@ def plan(
     except AugflowError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_BAD_REQUEST) from None
-    storage, layout = Storage(request.output), RunLayout(p.request_hash)
+    storage, layout = Storage(request.output), keys.RunLayout(p.request_hash)
     summary = {
         "dataset": p.dataset,
         "version": p.version,
@@ -77,7 +77,7 @@ def plan(
         "operation": request.operation.kind,
         "images": p.num_rows,
         "shards": len(p.shards),
-        "registry_entry": storage.uri(entry_key(p.dataset, p.version)),
+        "registry_entry": storage.uri(keys.registry_entry(p.dataset, p.version)),
         "data_files": [storage.uri(layout.data_file(s.shard_id)) for s in p.shards],
     }
     if as_json:
@@ -115,11 +115,9 @@ def run(
     from augflow.flows.augment import augment
     from augflow.schemas import AugflowError, QualityGateError
     from augflow.tasks import progress
-    from augflow.tasks.plan import plan_request
 
     request = _load(request_file, output)
     try:
-        total = plan_request(request).num_rows
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -130,8 +128,14 @@ def run(
             transient=True,
         )
         with bar:
-            tid = bar.add_task(request.dataset, total=total)
-            listener = lambda r: bar.advance(tid, r.num_rows + r.num_quarantined)  # noqa: E731
+            tid = bar.add_task(request.dataset, total=None)
+
+            def listener(event: progress.Event) -> None:
+                if isinstance(event, progress.Planned):
+                    bar.update(tid, total=event.total_rows)
+                else:
+                    bar.advance(tid, event.num_rows + event.num_quarantined)
+
             with progress.listening(listener):
                 outcome = augment(request)
     except QualityGateError as exc:
@@ -166,7 +170,8 @@ def submit(
 ) -> None:
     """Trigger a deployment run for a request (the same request twice starts one run)."""
     from augflow.flows import submit as submitting
-    from augflow.tasks.register import entry_key, list_versions
+    from augflow.tasks import layout
+    from augflow.tasks.register import list_versions
     from augflow.tasks.storage import Storage
 
     request = _load(request_file, output)
@@ -191,7 +196,7 @@ def submit(
         )
         raise typer.Exit(EXIT_FAILED)
     entry = mine[-1]
-    out.print(f"{entry.name}@{entry.version} {storage.uri(entry_key(entry.name, entry.version))}")
+    out.print(f"{entry.ref} {storage.uri(layout.registry_entry(entry.name, entry.version))}")
 
 
 @datasets_app.command("list")
@@ -228,31 +233,37 @@ def datasets_show(
 ) -> None:
     """One registered version: its files, row count, checks and the request that made it."""
     from augflow.schemas import RegistryError
-    from augflow.tasks.register import get_version, parse_ref
+    from augflow.schemas.names import parse_ref
+    from augflow.tasks.register import get_version
     from augflow.tasks.storage import Storage
 
+    storage = Storage(root)
     try:
         name, version = parse_ref(ref)
-        entry = get_version(Storage(root), name, version)
+        entry = get_version(storage, name, version)
     except RegistryError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
     doc = entry.model_dump(mode="json")
-    doc["num_rows"] = entry.num_rows
-    doc["checks_passed"] = entry.checks.passed
+    # The entry stores keys relative to the root; the JSON view adds URIs under the root read.
+    doc["root"] = storage.root
+    for group in ("files", "quarantine_files"):
+        for f in doc[group]:
+            f["uri"] = storage.uri(f["key"])
+    doc["checks_passed"] = entry.quality.passed
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     out.print(
         f"[bold]{entry.name}@{entry.version}[/]  {entry.num_rows} rows, "
-        f"{entry.num_quarantined} quarantined, checks {'passed' if entry.checks.passed else 'FAILED'}"
+        f"{entry.num_quarantined} quarantined, checks {'passed' if entry.quality.passed else 'FAILED'}"
     )
     out.print(
         f"created {entry.created_at.isoformat(timespec='seconds')}  code {entry.code_version}"
     )
     out.print(f"model {entry.model.id} @ {entry.model.revision}")
     for f in entry.files:
-        out.print(f"  {f.uri}  ({f.rows} rows, {f.bytes} bytes)", soft_wrap=True)
+        out.print(f"  {storage.uri(f.key)}  ({f.rows} rows, {f.bytes} bytes)", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # decoding needs no torch: the flow process decodes previews without it
+    import torch
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 MAX_PIXELS = 64_000_000
@@ -93,6 +96,8 @@ def encode_png(img: Image.Image) -> bytes:
 
 def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB images of one size -> float32 tensor (B, 3, H, W) in [-1, 1]."""
+    import torch
+
     arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     return batch / 127.5 - 1.0
@@ -104,6 +109,8 @@ def tensor_to_uint8(x: torch.Tensor) -> tuple[np.ndarray, list[bool]]:
     Non-finite values never crash the run: they become 0 (mid grey) / ±1 so a PNG is still made
     and the quality gate, not an exception, decides.
     """
+    import torch
+
     x = x.detach().to("cpu", torch.float32)
     finite = torch.isfinite(x).flatten(1).all(dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)

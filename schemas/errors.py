@@ -9,7 +9,8 @@ Messages say what was wrong *and what to do about it*, naming the field, file or
      ├── StorageError            the object store refused or failed an operation
      │    └── CommitConflictError   an exclusive create found different content already there
      ├── RegistryError           the dataset registry cannot answer
-     │    └── VersionNotFoundError  ``name@version`` is not registered
+     │    ├── VersionNotFoundError  ``name@version`` is not registered
+     │    └── DatasetRefError       a dataset name, version or ``name@version`` is malformed
      ├── ExecutionError          shards failed on the workers after their retries
      └── QualityGateError        the quality checks failed; nothing was registered
 
@@ -57,6 +58,10 @@ class RegistryError(AugflowError):
 
 class VersionNotFoundError(RegistryError):
     """``name@version`` is not registered."""
+
+
+class DatasetRefError(RegistryError, ValueError):
+    """A dataset name, version or ``name@version`` reference is malformed."""
 
 
 class ExecutionError(AugflowError):

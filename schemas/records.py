@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from augflow.schemas.markers import CommitMarker
 from augflow.schemas.request import AugmentRequest, Frozen
 
 
@@ -51,19 +52,24 @@ class ShardResult(Frozen):
     node_id: str = ""
 
     @classmethod
-    def from_marker(cls, marker: dict, status: str, seconds: float = 0.0) -> ShardResult:
+    def from_marker(
+        cls,
+        marker: CommitMarker,
+        status: Literal["computed", "skipped", "carried"],
+        seconds: float = 0.0,
+    ) -> ShardResult:
         """The result recorded in a shard's commit marker."""
         return cls(
-            shard_id=marker["shard_id"],
-            data_file=marker["data_file"],
-            quarantine_file=marker["quarantine_file"],
-            num_rows=marker["num_rows"],
-            num_quarantined=marker["num_quarantined"],
-            data_bytes=marker["data_bytes"],
+            shard_id=marker.shard_id,
+            data_file=marker.data_file,
+            quarantine_file=marker.quarantine_file,
+            num_rows=marker.num_rows,
+            num_quarantined=marker.num_quarantined,
+            data_bytes=marker.data_bytes,
             seconds=seconds,
-            status=status,  # type: ignore[arg-type]
-            model_revision=marker.get("model_revision", ""),
-            scheduler=marker.get("scheduler", ""),
+            status=status,
+            model_revision=marker.model_revision,
+            scheduler=marker.scheduler,
         )
 
 

@@ -6,9 +6,9 @@ the request hash, everything that only changes *how* the work runs (``execution`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from augflow.schemas.errors import RequestError
+from augflow.schemas.errors import DatasetRefError, RequestError
+from augflow.schemas.names import check_dataset_name, looks_like_ref, parse_ref
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-DATASET_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,127})@(?P<version>[A-Za-z0-9._-]+)$")
 SCHEDULERS = ("ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "lms", "pndm", "unipc")
 
 
@@ -304,12 +303,10 @@ class AugmentRequest(Frozen):
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, v: str) -> str:
-        if not DATASET_NAME.match(v):
-            raise ValueError(
-                f"{v!r} is not a dataset name: use lowercase letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit (e.g. 'cats-variants')"
-            )
-        return v
+        try:
+            return check_dataset_name(v)
+        except DatasetRefError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("image_size")
     @classmethod
@@ -355,17 +352,22 @@ class AugmentRequest(Frozen):
                 del op[key]
         return data
 
-    @property
+    @functools.cached_property
     def request_hash(self) -> str:
+        # cached: every row and every key asks for it, and the request is frozen
         canonical = json.dumps(self.hashed_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def model_copy(self, *, update: Any = None, deep: bool = False) -> AugmentRequest:
+        copy = super().model_copy(update=update, deep=deep)
+        copy.__dict__.pop("request_hash", None)  # a copy with other fields has another hash
+        return copy
+
     def input_ref(self) -> tuple[str, str] | None:
         """``(name, version)`` when inputs name a registered dataset, else None."""
-        if self.inputs is None:
+        if self.inputs is None or not looks_like_ref(self.inputs):
             return None
-        m = DATASET_REF.match(self.inputs)
-        return (m["name"], m["version"]) if m else None
+        return parse_ref(self.inputs)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

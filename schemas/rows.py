@@ -93,7 +93,7 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("source_uri", pa.string()),
         pa.field("source_row", pa.int64()),
         pa.field("variant", pa.int32()),
-        pa.field("stage", pa.string()),  # read | decode | model | encode
+        pa.field("stage", pa.string()),  # decode (unreadable input) | model (the model failed)
         pa.field("reason", pa.string()),
     ]
 )

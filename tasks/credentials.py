@@ -26,9 +26,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from augflow.schemas.errors import StorageError
+from augflow.schemas.settings import reload_settings
+from augflow.schemas.settings import settings as env_settings
 
 BLOCK_ENV = "AUGFLOW_S3_CREDENTIALS_BLOCK"
-ENDPOINT_ENVS = ("AUGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 FORWARD_ENV = "AUGFLOW_S3_FORWARD_CREDENTIALS"
 CHECK_HINT = (
     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), the endpoint in "
@@ -69,8 +70,10 @@ def install_s3_settings(settings: S3Settings | None) -> None:
 
 
 def clear_cache() -> None:
-    """Forget loaded blocks and installed settings (a block was rotated, or in tests)."""
+    """Forget loaded blocks, installed settings and the environment settings read so far (a block
+    was rotated, the environment changed, or in tests)."""
     install_s3_settings(None)
+    reload_settings()
     with _lock:
         _block_cache.clear()
 
@@ -79,7 +82,7 @@ def s3_settings() -> S3Settings:
     """This process's S3 settings (see the module docstring for the order of sources)."""
     if _installed is not None:
         return _installed
-    block = os.environ.get(BLOCK_ENV, "").strip()
+    block = env_settings().s3_credentials_block
     if block:
         with _lock:
             if block not in _block_cache:
@@ -94,14 +97,10 @@ def forwarded_settings() -> S3Settings | None:
     Set ``AUGFLOW_S3_FORWARD_CREDENTIALS=false`` on a remote cluster whose workers have their own
     identity (IRSA, instance role, a Kubernetes secret in their env): nothing is then sent.
     """
-    if os.environ.get(FORWARD_ENV, "true").strip().lower() in ("0", "false", "no", "off"):
+    if not env_settings().s3_forward_credentials:
         return None
     settings = s3_settings()
     return settings if settings.explicit else None
-
-
-def _endpoint_from_env() -> str | None:
-    return next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
 
 
 def _from_env() -> S3Settings:
@@ -112,7 +111,7 @@ def _from_env() -> S3Settings:
         source="the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
         if key
         else "botocore's default chain (AWS_PROFILE, ~/.aws, instance role)",
-        endpoint_url=_endpoint_from_env(),
+        endpoint_url=env_settings().s3_endpoint_url,
         region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
         key=key,
         secret=SecretStr(secret) if secret else None,
@@ -138,7 +137,7 @@ def _from_block(name: str) -> S3Settings:
     token = values.get("aws_session_token")
     return S3Settings(
         source=source,
-        endpoint_url=values.get("endpoint_url") or _endpoint_from_env(),
+        endpoint_url=values.get("endpoint_url") or env_settings().s3_endpoint_url,
         region=values.get("region_name") or os.environ.get("AWS_REGION") or None,
         key=values.get("aws_access_key_id") or None,
         secret=SecretStr(str(secret)) if secret else None,

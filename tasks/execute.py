@@ -17,10 +17,10 @@ from ray.exceptions import RayActorError, RayTaskError
 from augflow.schemas.errors import AugflowError, ExecutionError
 from augflow.schemas.records import Plan, ShardResult, ShardSpec
 from augflow.schemas.request import AugmentRequest
+from augflow.tasks.commits import committed_results
 from augflow.tasks.credentials import S3Settings, forwarded_settings, install_s3_settings
-from augflow.tasks.plan import RunLayout
+from augflow.tasks.layout import RunLayout
 from augflow.tasks.ray_pool import cluster_cpus, cluster_gpus, ensure_ray
-from augflow.tasks.shard_worker import ShardWorker
 from augflow.tasks.storage import Storage
 
 # Two shards in flight per actor: the next one is queued while the current one computes.
@@ -31,7 +31,10 @@ class _ShardActor:
     def __init__(
         self, request: AugmentRequest, device: str, threads: int, s3: S3Settings | None = None
     ) -> None:
+        # Imported here, in the actor's process: the driver never loads torch or the model code.
         import torch
+
+        from augflow.tasks.shard_worker import ShardWorker
 
         if s3 is not None:
             # The driver's S3 settings, passed as an actor argument (secret masked in any repr),
@@ -59,19 +62,6 @@ class _Slot:
     nodes: set[str] = field(default_factory=set)
 
 
-def committed_results(request: AugmentRequest, plan: Plan) -> dict[str, ShardResult]:
-    """Shards of ``plan`` whose commit markers exist (one listing of the run's marker folder)."""
-    storage = Storage(request.output)
-    layout = RunLayout(request.request_hash)
-    present = set(storage.list(layout.commits))
-    done: dict[str, ShardResult] = {}
-    for shard in plan.shards:
-        key = layout.commit_marker(shard.shard_id)
-        if key in present:
-            done[shard.shard_id] = ShardResult.from_marker(storage.read_json(key), "skipped")
-    return done
-
-
 def execute_plan(
     request: AugmentRequest,
     plan: Plan,
@@ -80,7 +70,9 @@ def execute_plan(
     """Compute every uncommitted shard; returns the carried results, then one per shard in plan
     order."""
     notify = on_result or (lambda _r: None)
-    results = committed_results(request, plan)
+    results = committed_results(
+        Storage(request.output), RunLayout(request.request_hash), (s.shard_id for s in plan.shards)
+    )
     for r in (*plan.carried, *results.values()):
         notify(r)
     pending = [s for s in plan.shards if s.shard_id not in results]

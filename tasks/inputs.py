@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 from augflow.schemas.errors import InputError
 from augflow.schemas.records import SourceItem
 from augflow.schemas.request import AugmentRequest
+from augflow.tasks.register import get_version
 from augflow.tasks.storage import Storage, filesystem_for, normalize_uri
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -82,10 +83,10 @@ def _parquet_rows(fs, path: str, uri: str, label: str) -> list[SourceItem]:
 
 
 def _registered_sources(request: AugmentRequest, name: str, version: str) -> list[SourceItem]:
-    from augflow.tasks.register import get_version  # the registry is a sibling task module
-
-    entry = get_version(Storage(request.output), name, version)
+    storage = Storage(request.output)
+    entry = get_version(storage, name, version)
     items: list[SourceItem] = []
     for f in entry.files:
-        items.extend(_parquet_rows(*filesystem_for(f.uri), f.uri, f.key))
+        uri = storage.uri(f.key)
+        items.extend(_parquet_rows(*filesystem_for(uri), uri, f.key))
     return items

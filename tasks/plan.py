@@ -3,8 +3,6 @@ shard ids, seeds, row ids and version."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 from augflow.schemas.records import (
     Plan,
     ShardResult,
@@ -14,7 +12,10 @@ from augflow.schemas.records import (
     variants_per_source,
 )
 from augflow.schemas.request import AugmentRequest
+from augflow.tasks.commits import read_marker
 from augflow.tasks.inputs import list_sources
+from augflow.tasks.layout import RunLayout, shard_id_of
+from augflow.tasks.register import list_versions
 from augflow.tasks.storage import Storage
 
 
@@ -78,7 +79,7 @@ def plan_request(request: AugmentRequest) -> Plan:
     storage = Storage(request.output)
     layout = RunLayout(request.request_hash)
     carried = tuple(
-        ShardResult.from_marker(storage.read_json(layout.commit_marker(sid)), "carried")
+        ShardResult.from_marker(read_marker(storage, layout.commit_marker(sid)), "carried")
         for sid in base.shard_ids
     )
     keys = [c.data_file for c in carried] + [
@@ -96,8 +97,6 @@ class _Base:
 
 def _base_version(request: AugmentRequest) -> _Base | None:
     """The newest registered version made by this same request (same hash), if any."""
-    from augflow.tasks.register import list_versions  # registry reads only; no import cycle
-
     storage = Storage(request.output)
     same = [
         e for e in list_versions(storage, request.dataset) if e.request_hash == request.request_hash
@@ -105,34 +104,4 @@ def _base_version(request: AugmentRequest) -> _Base | None:
     if not same:
         return None
     entry = same[-1]
-    return _Base(entry.version, [PurePosixPath(f.key).stem for f in entry.files])
-
-
-class RunLayout:
-    """Where a request's objects live under the output root (keys, never full URIs)."""
-
-    def __init__(self, request_hash: str) -> None:
-        self.run = f"runs/{request_hash[:16]}"
-
-    def data_file(self, shard_id: str) -> str:
-        return f"{self.run}/shards/{shard_id}.parquet"
-
-    def quarantine_file(self, shard_id: str) -> str:
-        return f"{self.run}/quarantine/{shard_id}.parquet"
-
-    def commit_marker(self, shard_id: str) -> str:
-        return f"{self.run}/commits/{shard_id}.json"
-
-    @property
-    def commits(self) -> str:
-        return f"{self.run}/commits"
-
-    def image_file(self, shard_id: str, row_id: str) -> str:
-        return f"{self.run}/images/{shard_id}/{row_id}.png"
-
-    def preview(self, version: str) -> str:
-        return f"{self.run}/preview-{version}.png"
-
-    @property
-    def quality(self) -> str:
-        return f"{self.run}/quality"
+    return _Base(entry.version, [shard_id_of(f.key) for f in entry.files])

@@ -10,12 +10,10 @@ listed to find a dataset: the entry names its files. Listing the registry's own 
 from __future__ import annotations
 
 import functools
-import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from augflow.schemas.errors import (
     CommitConflictError,
@@ -23,134 +21,24 @@ from augflow.schemas.errors import (
     RegistryError,
     VersionNotFoundError,
 )
+from augflow.schemas.names import LATEST, check_dataset_name, check_version, is_dataset_name
+from augflow.schemas.quality import QualitySummary
 from augflow.schemas.records import ShardResult
-from augflow.schemas.request import DATASET_NAME, AugmentRequest
+from augflow.schemas.registry import DatasetSummary, FileRef, ModelInfo, RegistryEntry
+from augflow.schemas.request import AugmentRequest
+from augflow.tasks import layout
 from augflow.tasks.storage import Storage
 
-REGISTRY_PREFIX = "registry"
-LATEST = "latest"
-VERSION_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
+class RegisterOutcome(BaseModel):
+    """``created`` when this call published the version, False when an identical entry was there
+    before (a retried or concurrent run). ``entry`` is what the registry holds."""
 
-class DatasetRefError(RegistryError, ValueError):
-    """A ``name@version`` reference is malformed."""
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FileRef(_Frozen):
-    """One Parquet file of a version (key relative to the output root, uri absolute)."""
-
-    uri: str
-    key: str
-    rows: int = Field(ge=0)
-    bytes: int = Field(ge=0)
-
-
-class ModelInfo(_Frozen):
-    id: str
-    revision: str | None = None
-    scheduler: str | None = None
-
-
-class ChecksInfo(_Frozen):
-    passed: bool
-    failed: list[str] = Field(default_factory=list)
-    report_uri: str
-
-
-class RegistryEntry(_Frozen):
-    """One registered, immutable dataset version."""
-
-    name: str
-    version: str
-    created_at: datetime
-    uri: str = Field(description="root URI of the output storage the keys are relative to")
-    files: list[FileRef]
-    quarantine_files: list[FileRef] = Field(default_factory=list)
-    num_rows: int = Field(ge=0)
-    num_quarantined: int = Field(ge=0)
-    request: dict[str, Any]
-    request_hash: str
-    code_version: str
-    model: ModelInfo
-    checks: ChecksInfo
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not DATASET_NAME.match(v):
-            raise ValueError(
-                f"{v!r} is not a dataset name (lowercase letters, digits, '.', '_', '-')"
-            )
-        return v
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        # The version becomes part of a storage key, so it must not be able to climb out of it.
-        if not VERSION_RE.match(v) or v == LATEST or v.startswith("."):
-            raise ValueError(
-                f"{v!r} is not a version: use letters, digits, '.', '_', '-' "
-                f"(not starting with '.'; {LATEST!r} is reserved)"
-            )
-        return v
-
-    @field_validator("created_at")
-    @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        if v.tzinfo is None:
-            raise ValueError("created_at must carry a timezone (UTC)")
-        return v.astimezone(UTC)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    @property
-    def file_uris(self) -> list[str]:
-        """The data file URIs, ready for ``load_dataset("parquet", data_files=...)`` or pyarrow."""
-        return [f.uri for f in self.files]
-
-    def same_content(self, other: RegistryEntry) -> bool:
-        """Whether two entries describe the same version (timestamps aside)."""
-        return (
-            self.name == other.name
-            and self.version == other.version
-            and self.request_hash == other.request_hash
-            and self.files == other.files
-        )
-
-
-class RegisterOutcome(_Frozen):
-    """``created`` when this call published the version; ``already_registered`` when an identical
-    entry was there before (a retried or concurrent run). ``entry`` is what the registry holds."""
+    model_config = ConfigDict(frozen=True)
 
     created: bool
-    already_registered: bool
     uri: str
     entry: RegistryEntry
-
-
-class DatasetSummary(_Frozen):
-    name: str
-    num_versions: int
-    latest_version: str
-    latest_num_rows: int
-    created_at: datetime
-
-
-# --- keys --------------------------------------------------------------------------------------
-
-
-def entry_key(name: str, version: str) -> str:
-    return f"{REGISTRY_PREFIX}/{name}/versions/{version}.json"
-
-
-def _versions_prefix(name: str) -> str:
-    return f"{REGISTRY_PREFIX}/{name}/versions"
 
 
 # --- code version ------------------------------------------------------------------------------
@@ -210,32 +98,20 @@ def build_entry(
     request: AugmentRequest,
     version: str,
     results: list[ShardResult],
-    checks: ChecksInfo | Any,
+    quality: QualitySummary,
     created_at: datetime | None = None,
 ) -> RegistryEntry:
-    """The entry for a run from its committed shard results and its quality report.
+    """The entry for a run from its committed shard results and the gate's verdict.
 
-    ``checks`` is a :class:`ChecksInfo` or anything with ``passed``, ``failed`` and ``report_uri``
-    (the :class:`~augflow.tasks.validate.QualityReport`). Files are sorted by key so the entry does
-    not depend on the order shards finished in.
+    Files are sorted by key so the entry does not depend on the order shards finished in.
     """
-    if not isinstance(checks, ChecksInfo):
-        checks = ChecksInfo(
-            passed=bool(checks.passed), failed=list(checks.failed), report_uri=checks.report_uri
-        )
     files = sorted(
-        (
-            FileRef(
-                uri=storage.uri(r.data_file), key=r.data_file, rows=r.num_rows, bytes=r.data_bytes
-            )
-            for r in results
-        ),
+        (FileRef(key=r.data_file, rows=r.num_rows, bytes=r.data_bytes) for r in results),
         key=lambda f: f.key,
     )
     quarantine = sorted(
         (
             FileRef(
-                uri=storage.uri(r.quarantine_file),
                 key=r.quarantine_file,
                 rows=r.num_quarantined,
                 bytes=storage.size(r.quarantine_file),
@@ -249,7 +125,6 @@ def build_entry(
         name=request.dataset,
         version=version,
         created_at=created_at or datetime.now(UTC),
-        uri=storage.root,
         files=files,
         quarantine_files=quarantine,
         num_rows=sum(r.num_rows for r in results),
@@ -258,15 +133,15 @@ def build_entry(
         request_hash=request.request_hash,
         code_version=code_version(),
         model=_model_info(request, results),
-        checks=checks,
+        quality=quality,
     )
 
 
 def _model_info(request: AugmentRequest, results: list[ShardResult]) -> ModelInfo:
     # Workers report what they actually loaded (the resolved revision pin and scheduler), which is
     # more useful than the request when it left them unset.
-    revision = next((r.model_revision for r in results if getattr(r, "model_revision", "")), None)
-    scheduler = next((r.scheduler for r in results if getattr(r, "scheduler", "")), None)
+    revision = next((r.model_revision for r in results if r.model_revision), None)
+    scheduler = next((r.scheduler for r in results if r.scheduler), None)
     return ModelInfo(
         id=request.model.id,
         revision=revision or request.model.revision,
@@ -281,36 +156,37 @@ def register_version(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
     """Publish ``entry`` with one exclusive create; never overwrites.
 
     Re-registering the same version of the same request (a retry, or a concurrent run of the same
-    request) is ``already_registered``; a *different* entry at that version raises
+    request) returns ``created=False``; a *different* entry at that version raises
     :class:`CommitConflictError`. An entry whose checks did not pass is refused.
     """
-    if not entry.checks.passed:
+    if not entry.quality.passed:
         # The flow should never get here with a failed gate; refusing keeps the invariant local.
-        raise QualityGateError(entry.name, entry.checks.failed, entry.checks.report_uri)
-    key = entry_key(entry.name, entry.version)
+        raise QualityGateError(
+            entry.name, entry.quality.failed, storage.uri(entry.quality.report_key)
+        )
+    key = layout.registry_entry(entry.name, entry.version)
     uri = storage.uri(key)
     try:
         created = storage.create_json_exclusive(key, entry.model_dump(mode="json"))
     except CommitConflictError:
         # Same version, different bytes: usually only created_at differs (a retried run).
-        existing = _read_entry(storage, key)
+        existing = read_entry(storage, key)
         if existing.same_content(entry):
-            return RegisterOutcome(created=False, already_registered=True, uri=uri, entry=existing)
+            return RegisterOutcome(created=False, uri=uri, entry=existing)
         raise CommitConflictError(
             f"{entry.ref} is already registered at {uri} with different content "
             f"(request_hash {existing.request_hash[:12]} vs {entry.request_hash[:12]}, "
             f"{len(existing.files)} vs {len(entry.files)} files); registered versions are "
             "immutable — change the request to get a new version"
         ) from None
-    if created:
-        return RegisterOutcome(created=True, already_registered=False, uri=uri, entry=entry)
-    return RegisterOutcome(created=False, already_registered=True, uri=uri, entry=entry)
+    return RegisterOutcome(created=created, uri=uri, entry=entry)
 
 
 # --- reading -----------------------------------------------------------------------------------
 
 
-def _read_entry(storage: Storage, key: str) -> RegistryEntry:
+def read_entry(storage: Storage, key: str) -> RegistryEntry:
+    """The entry stored at ``key``; FileNotFoundError when there is none."""
     try:
         data = storage.read_json(key)
     except FileNotFoundError:
@@ -329,7 +205,7 @@ def _read_entry(storage: Storage, key: str) -> RegistryEntry:
 
 def _version_keys(storage: Storage, name: str) -> list[str]:
     # Locally an in-flight exclusive create leaves `<v>.json.tmp-<uuid>` beside the entries.
-    return [k for k in storage.list(_versions_prefix(name)) if k.endswith(".json")]
+    return [k for k in storage.list(layout.registry_versions(name)) if k.endswith(".json")]
 
 
 def _sort_key(e: RegistryEntry) -> tuple[datetime, str]:
@@ -341,25 +217,22 @@ def list_versions(storage: Storage, name: str) -> list[RegistryEntry]:
     entries = []
     for key in _version_keys(storage, name):
         try:
-            entries.append(_read_entry(storage, key))
+            entries.append(read_entry(storage, key))
         except FileNotFoundError:
             continue  # removed between list and read; not ours to publish
     return sorted(entries, key=_sort_key)
 
 
-def _dataset_names(storage: Storage) -> list[str]:
-    prefix = REGISTRY_PREFIX + "/"
-    return sorted(
-        k.removeprefix(prefix)
-        for k in storage.list(REGISTRY_PREFIX)
-        if DATASET_NAME.match(k.removeprefix(prefix))
-    )
+def dataset_names(storage: Storage) -> list[str]:
+    """Names of the datasets with a folder in the registry (valid names only)."""
+    names = (layout.dataset_name_of(k) for k in storage.list(layout.REGISTRY))
+    return sorted(n for n in names if is_dataset_name(n))
 
 
 def list_datasets(storage: Storage) -> list[DatasetSummary]:
     """One summary per registered dataset, by name; datasets without versions are left out."""
     out = []
-    for name in _dataset_names(storage):
+    for name in dataset_names(storage):
         versions = list_versions(storage, name)
         if not versions:
             continue
@@ -378,20 +251,16 @@ def list_datasets(storage: Storage) -> list[DatasetSummary]:
 
 def get_version(storage: Storage, name: str, version: str = LATEST) -> RegistryEntry:
     """The entry of ``name@version``; ``latest`` is the newest by created_at (ties: version)."""
-    if not DATASET_NAME.match(name):
-        raise DatasetRefError(
-            f"{name!r} is not a dataset name (lowercase letters, digits, '.', '_', '-')"
-        )
+    check_dataset_name(name)
     if version != LATEST:
-        if not VERSION_RE.match(version) or version.startswith("."):
-            raise DatasetRefError(f"{version!r} is not a version of dataset {name!r}")
+        check_version(version, f"version of dataset {name!r}")
         try:
-            return _read_entry(storage, entry_key(name, version))
+            return read_entry(storage, layout.registry_entry(name, version))
         except FileNotFoundError:
             pass
     versions = list_versions(storage, name)
     if not versions:
-        known = [s for s in _dataset_names(storage) if s != name]
+        known = [s for s in dataset_names(storage) if s != name]
         hint = f" (registered datasets: {', '.join(known)})" if known else ""
         raise VersionNotFoundError(
             f"no dataset {name!r} is registered under {storage.root}{hint}; "
@@ -405,23 +274,7 @@ def get_version(storage: Storage, name: str, version: str = LATEST) -> RegistryE
     )
 
 
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``"name@version"`` → ``(name, version)``; a bare ``"name"`` means ``(name, "latest")``."""
-    text = ref.strip()
-    name, sep, version = text.partition("@")
-    if not name:
-        raise DatasetRefError(f"{ref!r} has no dataset name before '@' (expected name@version)")
-    if not DATASET_NAME.match(name):
-        raise DatasetRefError(
-            f"{name!r} in {ref!r} is not a dataset name: use lowercase letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    if not sep:
-        return name, LATEST
-    if not version:
-        raise DatasetRefError(f"{ref!r} has nothing after '@'; give a version or 'latest'")
-    if "@" in version or not VERSION_RE.match(version) or version.startswith("."):
-        raise DatasetRefError(
-            f"{version!r} in {ref!r} is not a version: use letters, digits, '.', '_' and '-'"
-        )
-    return name, version
+def file_uris(storage: Storage, entry: RegistryEntry) -> list[str]:
+    """The data file URIs of ``entry`` under ``storage``'s root, ready for
+    ``load_dataset("parquet", data_files=...)``, pyarrow or Ray Data."""
+    return [storage.uri(f.key) for f in entry.files]

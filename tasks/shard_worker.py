@@ -1,5 +1,5 @@
-"""Process one shard end to end: read its sources, run the model in batches, write the shard's
-Parquet to staging and commit it with a marker written last. Plain Python: the Ray actor in
+"""Process one shard end to end: read its sources, run the model, write the shard's Parquet files
+and commit them with a marker written last. Plain Python: the Ray actor in
 :mod:`augflow.tasks.execute` holds one of these, and tests can drive it directly."""
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from PIL import Image
 from augflow.models.images import ImageRejected, decode_image
 from augflow.models.runner import AugmentModel
 from augflow.schemas.errors import StorageError
+from augflow.schemas.markers import CommitMarker
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import QUARANTINE_SCHEMA, ROW_SCHEMA
-from augflow.tasks.plan import RunLayout
+from augflow.tasks.commits import read_marker, write_marker
+from augflow.tasks.layout import RunLayout
 from augflow.tasks.storage import Storage, open_uri
 
 
@@ -49,7 +51,7 @@ class ShardWorker:
     def process(self, shard: ShardSpec) -> ShardResult:
         marker_key = self.layout.commit_marker(shard.shard_id)
         if self.storage.exists(marker_key):
-            return ShardResult.from_marker(self.storage.read_json(marker_key), "skipped")
+            return ShardResult.from_marker(read_marker(self.storage, marker_key), "skipped")
         start = time.perf_counter()
         items = list(iter_work_items(self.request, shard))
         rows: list[dict[str, Any]] = []
@@ -81,22 +83,18 @@ class ShardWorker:
             self.storage.write_parquet(
                 q_key, pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
             )
-        # The marker is deterministic (no timestamps) so a retried commit whose first response was
-        # lost finds identical bytes and is recognised as done rather than as a conflict.
-        marker = {
-            "shard_id": shard.shard_id,
-            "data_file": data_key,
-            "quarantine_file": q_key,
-            "num_rows": len(rows),
-            "num_quarantined": len(quarantine),
-            "data_bytes": data_bytes,
-            "model_revision": self.model.model_revision,
-            "scheduler": self.model.scheduler_name,
-            "row_ids_sha256": hashlib.sha256(
-                "".join(r["row_id"] for r in rows).encode()
-            ).hexdigest(),
-        }
-        self.storage.create_json_exclusive(marker_key, marker)
+        marker = CommitMarker(
+            shard_id=shard.shard_id,
+            data_file=data_key,
+            quarantine_file=q_key,
+            num_rows=len(rows),
+            num_quarantined=len(quarantine),
+            data_bytes=data_bytes,
+            model_revision=self.model.model_revision,
+            scheduler=self.model.scheduler_name,
+            row_ids_sha256=hashlib.sha256("".join(r["row_id"] for r in rows).encode()).hexdigest(),
+        )
+        write_marker(self.storage, self.layout, marker)
         return ShardResult.from_marker(marker, "computed", time.perf_counter() - start)
 
     # --- inputs -------------------------------------------------------------------------

@@ -33,13 +33,12 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from augflow.schemas.errors import CommitConflictError, StorageError
+from augflow.schemas.settings import settings
 from augflow.tasks.credentials import CHECK_HINT, S3Settings, s3_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRY_ENV = "AUGFLOW_S3_RETRY_SECONDS"
-DEFAULT_RETRY_SECONDS = 60.0
 # Reads and multipart writes move 16 MiB per request: few round trips for shard-sized files, and
 # bounded memory per open file. Files under 2 x 64 MiB go up in one PUT (no multipart overhead).
 BLOCK_SIZE = 16 * 2**20
@@ -236,10 +235,7 @@ def storage_error(what: str, uri: str, exc: BaseException, kind: str | None = No
 
 
 def retry_seconds() -> float:
-    try:
-        return max(0.0, float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_SECONDS)))
-    except ValueError:
-        return DEFAULT_RETRY_SECONDS
+    return settings().s3_retry_seconds
 
 
 def with_retries(what: str, uri: str, fn: Callable[[], T], passthrough: tuple[str, ...] = ()) -> T:

@@ -2,7 +2,7 @@
 
 Only ``METRIC_COLUMNS`` are read from the committed shard files, never the image bytes. The report
 (GX's own result plus our summary as JSON, and a human-readable Markdown page) is written next to
-the data under ``<run_key>/quality/`` whether the gate passes or not, so a failed run can be read.
+the data (``RunLayout.quality_dir``) whether the gate passes or not, so a failed run can be read.
 
 Plain functions: the flow wraps :func:`validate_rows` in a Prefect task. Nothing here imports
 Prefect, and GX is imported lazily because its import alone takes seconds.
@@ -20,48 +20,16 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from augflow.schemas.errors import QualityGateError
+from augflow.schemas.quality import QualityCheck, QualityReport
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import METRIC_COLUMNS, ROW_SCHEMA
+from augflow.tasks.layout import RunLayout
 from augflow.tasks.storage import Storage
 
 #: How many example row ids a failed check names (in the report and in its one-line summary).
 MAX_EXAMPLES = 5
-
-
-class QualityCheck(BaseModel):
-    """One check of the gate, GX-backed or not."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    passed: bool
-    observed: Any = Field(
-        description="the measured value: a count of failing rows, a row count, a fraction"
-    )
-    detail: str = Field(description="one line saying what was required and what was found")
-    failed_rows: int = 0
-    examples: list[str] = Field(default_factory=list, description="a few failing row ids")
-
-
-class QualityReport(BaseModel):
-    """What :func:`validate_rows` found; ``failed`` holds one human line per failed check."""
-
-    model_config = ConfigDict(frozen=True)
-
-    passed: bool
-    checks: list[QualityCheck]
-    failed: list[str]
-    report_uri: str
-    json_uri: str
-    statistics: dict[str, Any]
-
-    def raise_for_failure(self, dataset: str) -> None:
-        """Raise :class:`QualityGateError` when the gate did not pass."""
-        if not self.passed:
-            raise QualityGateError(dataset, self.failed, self.report_uri)
 
 
 # --- the checks ------------------------------------------------------------------------------
@@ -291,7 +259,7 @@ def _load_metrics(storage: Storage, data_files: list[str]) -> pd.DataFrame:
 def validate_rows(
     storage: Storage,
     request: AugmentRequest,
-    run_key: str,
+    version: str,
     data_files: list[str],
     expected_rows: int,
     num_quarantined: int,
@@ -353,12 +321,13 @@ def validate_rows(
         "gx_version": (gx_result.get("meta") or {}).get("great_expectations_version"),
     }
 
-    md_key = f"{run_key.strip('/')}/quality/report.md"
-    json_key = f"{run_key.strip('/')}/quality/report.json"
+    layout = RunLayout(request.request_hash)
+    md_key, json_key = layout.quality_report(version), layout.quality_json(version)
     report = QualityReport(
         passed=passed,
         checks=checks,
         failed=failed,
+        report_key=md_key,
         report_uri=storage.uri(md_key),
         json_uri=storage.uri(json_key),
         statistics=stats,

@@ -30,7 +30,7 @@ def _generate(model: Path, root: Path, **extra) -> object:
 
 def _rows(root: Path, ref: str = "latest", name: str = "tiny-gen"):
     entry = get_version(Storage(str(root)), name, ref)
-    tables = [pq.read_table(f.uri.removeprefix("file://")) for f in entry.files]
+    tables = [pq.read_table(root / f.key) for f in entry.files]
     return entry, [r for t in tables for r in t.to_pylist()]
 
 
@@ -48,10 +48,10 @@ def test_generate_registers_a_version_datasets_can_read(tiny_model: Path, tmp_pa
     assert outcome.shards_computed == 4
 
     entry, rows = _rows(tmp_path / "out")
-    assert entry.version == outcome.version and entry.checks.passed
+    assert entry.version == outcome.version and entry.quality.passed
     assert entry.model.revision.startswith("sha256:")
     ds = load_dataset(
-        "parquet", data_files=[f.uri.removeprefix("file://") for f in entry.files], split="train"
+        "parquet", data_files=[str(tmp_path / "out" / f.key) for f in entry.files], split="train"
     )
     assert len(ds) == 10
     first = ds[0]
@@ -64,9 +64,9 @@ def test_generate_registers_a_version_datasets_can_read(tiny_model: Path, tmp_pa
     import pyarrow.dataset as pds
     import ray
 
-    paths = [f.uri.removeprefix("file://") for f in entry.files]
+    paths = [str(tmp_path / "out" / f.key) for f in entry.files]
     assert pds.dataset(paths).to_table().num_rows == 10
-    assert ray.data.read_parquet([f.uri for f in entry.files]).count() == 10
+    assert ray.data.read_parquet(paths).count() == 10
     assert outcome.preview_uri and Path(outcome.preview_uri.removeprefix("file://")).is_file()
 
     # Task runs stay bounded: a fixed handful, not one per shard.
@@ -147,7 +147,7 @@ def test_img2img_quarantines_bad_images_and_loses_nothing(
         "sub/photo-4.png",
     }
     assert all(r["faithfulness_psnr"] is not None for r in rows)
-    q = pq.read_table(entry.quarantine_files[0].uri.removeprefix("file://")).to_pylist()
+    q = pq.read_table(tmp_path / "out" / entry.quarantine_files[0].key).to_pylist()
     assert [r["source_id"] for r in q] == ["broken.png", "broken.png"]
     assert "cannot identify" in q[0]["reason"] or "not an image" in q[0]["reason"]
 

@@ -166,7 +166,11 @@ def test_scheduled_run_registers_a_version(stack: dict[str, str]) -> None:
             time.sleep(2)
         assert state is not None and state.is_completed(), state
     entry = get_version(Storage(stack["AUGFLOW_ROOT"]), "faces-generated", "latest")
-    ds = load_dataset("parquet", data_files=[f.uri for f in entry.files], split="train")
+    ds = load_dataset(
+        "parquet",
+        data_files=[str(Path(stack["AUGFLOW_ROOT"]) / f.key) for f in entry.files],
+        split="train",
+    )
     assert len(ds) == 16 and ds[0]["image"].size == (32, 32)
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from augflow.schemas import parse_request
 from augflow.schemas.errors import ExecutionError, StorageError
-from augflow.tasks.register import entry_key, get_version, list_versions
+from augflow.tasks import layout
+from augflow.tasks.register import file_uris, get_version, list_versions
 from augflow.tasks.storage import Storage, arrow_filesystem, storage_options_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server", "ray_local")]
@@ -114,15 +115,16 @@ def test_img2img_and_generate_on_s3_register_readable_versions_and_leak_no_secre
     root = f"{s3_root}/out"
     storage = Storage(root)
     entry = get_version(storage, "s3-variants", "latest")
-    assert all(u.startswith(root + "/") for u in entry.file_uris)
-    assert outcome.uri == storage.uri(entry_key("s3-variants", outcome.version))
+    uris = file_uris(storage, entry)
+    assert all(u.startswith(root + "/") for u in uris)
+    assert outcome.uri == storage.uri(layout.registry_entry("s3-variants", outcome.version))
     assert outcome.report_uri.startswith("s3://") and outcome.preview_uri.startswith("s3://")
 
     # Downstream reads, one line each.
     ds = load_dataset(
         "parquet",
-        data_files=entry.file_uris,
-        storage_options=storage_options_for(entry.uri),
+        data_files=uris,
+        storage_options=storage_options_for(root),
         split="train",
     )
     assert len(ds) == 10 and ds[0]["image"].size == (16, 16)
@@ -130,10 +132,10 @@ def test_img2img_and_generate_on_s3_register_readable_versions_and_leak_no_secre
     import ray
 
     table = pads.dataset(
-        [u.removeprefix("s3://") for u in entry.file_uris], filesystem=arrow_filesystem(entry.uri)
+        [u.removeprefix("s3://") for u in uris], filesystem=arrow_filesystem(root)
     ).to_table()
     assert table.num_rows == 10 and len(set(table.column("row_id").to_pylist())) == 10
-    rd = ray.data.read_parquet(entry.file_uris, filesystem=arrow_filesystem(entry.uri))
+    rd = ray.data.read_parquet(uris, filesystem=arrow_filesystem(root))
     assert rd.count() == 10
 
     gen = augment(_generate(tiny_model, root))
@@ -141,7 +143,7 @@ def test_img2img_and_generate_on_s3_register_readable_versions_and_leak_no_secre
     gen_entry = get_version(storage, "s3-gen", gen.version)
     gen_ds = load_dataset(
         "parquet",
-        data_files=gen_entry.file_uris,
+        data_files=file_uris(storage, gen_entry),
         storage_options=storage_options_for(root),
         split="train",
     )
@@ -155,7 +157,9 @@ def test_img2img_and_generate_on_s3_register_readable_versions_and_leak_no_secre
         "stdout/stderr": out + err,
         "log records": caplog.text,
         **records,
-        "registry entry": storage.read_bytes(entry_key("s3-variants", outcome.version)).decode(),
+        "registry entry": storage.read_bytes(
+            layout.registry_entry("s3-variants", outcome.version)
+        ).decode(),
         "GX report": storage.read_bytes(_key(root, outcome.report_uri)).decode(),
     }
     report_json = [k for k in storage.list(_key(root, outcome.report_uri).rsplit("/", 1)[0])]
@@ -261,7 +265,7 @@ def test_store_outage_mid_run_loses_and_duplicates_nothing(
     tiny_model: Path, s3_root: str, s3_env: Any
 ) -> None:
     from augflow.flows.augment import augment
-    from augflow.tasks.plan import RunLayout
+    from augflow.tasks.layout import RunLayout
 
     request = _generate(
         tiny_model,

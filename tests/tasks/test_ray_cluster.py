@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from augflow.schemas import parse_request
-from augflow.tasks.plan import RunLayout
+from augflow.tasks.layout import RunLayout
 
 pytestmark = pytest.mark.slow
 

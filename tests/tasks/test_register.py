@@ -8,18 +8,23 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from augflow.schemas import parse_request
-from augflow.schemas.errors import CommitConflictError, QualityGateError, VersionNotFoundError
-from augflow.schemas.records import ShardResult
-from augflow.tasks.register import (
-    ChecksInfo,
+from augflow.schemas.errors import (
+    CommitConflictError,
     DatasetRefError,
-    RegistryEntry,
+    QualityGateError,
+    VersionNotFoundError,
+)
+from augflow.schemas.names import parse_ref
+from augflow.schemas.quality import QualitySummary
+from augflow.schemas.records import ShardResult
+from augflow.schemas.registry import RegistryEntry
+from augflow.tasks.layout import registry_entry as entry_key
+from augflow.tasks.register import (
     build_entry,
-    entry_key,
+    file_uris,
     get_version,
     list_datasets,
     list_versions,
-    parse_ref,
     register_version,
 )
 from augflow.tasks.storage import Storage
@@ -71,10 +76,10 @@ def _entry(
     passed: bool = True,
     n: int = 2,
 ) -> RegistryEntry:
-    checks = ChecksInfo(
+    checks = QualitySummary(
         passed=passed,
         failed=[] if passed else ["has_nan: 1 of 2 rows"],
-        report_uri=storage.uri("runs/h/quality/report.md"),
+        report_key="runs/h/quality/report.md",
     )
     return build_entry(
         storage, _request(dataset, seed), version, _results(n), checks, created_at=created_at
@@ -84,14 +89,14 @@ def _entry(
 def test_create_then_identical_reregister(storage: Storage) -> None:
     entry = _entry(storage)
     first = register_version(storage, entry)
-    assert first.created and not first.already_registered
+    assert first.created
     assert first.uri == storage.uri("registry/cats/versions/a1b2c3d4e5f6.json")
     again = register_version(storage, entry)
-    assert again.already_registered and not again.created
+    assert not again.created
     # A retry later (new timestamp, same content) is also already registered, and the stored
     # entry keeps its original timestamp.
     retry = register_version(storage, _entry(storage, created_at=T0 + timedelta(hours=1)))
-    assert retry.already_registered
+    assert not retry.created
     assert retry.entry.created_at == T0
 
 
@@ -132,7 +137,7 @@ def test_racing_registrations_publish_exactly_once(storage: Storage) -> None:
         t.join()
     assert errors == []
     assert sum(o.created for o in outcomes) == 1
-    assert sum(o.already_registered for o in outcomes) == n - 1
+    assert sum(not o.created for o in outcomes) == n - 1
     assert [k for k in storage.list("registry/cats/versions")] == [
         "registry/cats/versions/a1b2c3d4e5f6.json"
     ]
@@ -189,7 +194,12 @@ def test_entry_round_trip(storage: Storage) -> None:
     assert raw["model"] == {"id": "tiny", "revision": "abc123", "scheduler": "ddim"}
     assert raw["num_rows"] == 20
     assert raw["code_version"].startswith(("augflow", "unknown"))
-    assert back.file_uris == [storage.uri(f"runs/h/shards/{i:05d}.parquet") for i in range(2)]
+    assert file_uris(storage, back) == [
+        storage.uri(f"runs/h/shards/{i:05d}.parquet") for i in range(2)
+    ]
+    # keys only: a copied or moved root stays readable
+    assert "uri" not in raw and all("uri" not in f for f in raw["files"])
+    assert raw["format_version"] == 2 and raw["quality"]["report_key"] == "runs/h/quality/report.md"
 
 
 def test_parse_ref() -> None:
@@ -200,7 +210,7 @@ def test_parse_ref() -> None:
         parse_ref("cats@")
     with pytest.raises(DatasetRefError, match="no dataset name"):
         parse_ref("@v1")
-    with pytest.raises(DatasetRefError, match="'Cats' in 'Cats@v1' is not a dataset name"):
+    with pytest.raises(DatasetRefError, match="'Cats' is not a valid dataset name in 'Cats@v1'"):
         parse_ref("Cats@v1")
     with pytest.raises(DatasetRefError, match="not a version"):
         parse_ref("cats@../x")

@@ -11,7 +11,8 @@ import pytest
 from conftest import photo_crops
 
 from augflow.schemas import parse_request
-from augflow.tasks.plan import RunLayout, plan_request
+from augflow.tasks.layout import RunLayout
+from augflow.tasks.plan import plan_request
 from augflow.tasks.shard_worker import ShardWorker
 
 

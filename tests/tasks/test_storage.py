@@ -111,6 +111,7 @@ def test_classify(exc: BaseException, kind: str) -> None:
 
 def test_transient_errors_are_retried_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUGFLOW_S3_RETRY_SECONDS", "10")
+    credentials.clear_cache()  # settings are read once per process
     calls: list[float] = []
 
     def flaky() -> str:
@@ -128,6 +129,7 @@ def test_a_store_that_stays_down_fails_clearly_within_the_budget(
 ) -> None:
     monkeypatch.setenv("AUGFLOW_S3_RETRY_SECONDS", "1.5")
     monkeypatch.setenv("AUGFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    credentials.clear_cache()  # settings are read once per process
     start = time.monotonic()
 
     def down() -> None:
@@ -148,6 +150,7 @@ def test_auth_errors_are_not_retried_and_never_show_the_secret(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     monkeypatch.setenv("AUGFLOW_S3_ENDPOINT_URL", "http://127.0.0.1:8333")
+    credentials.clear_cache()  # settings are read once per process
     calls = []
 
     def denied() -> None:
@@ -173,6 +176,7 @@ def test_settings_come_from_the_aws_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
     monkeypatch.setenv("AUGFLOW_S3_ENDPOINT_URL", "http://augflow:2")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    credentials.clear_cache()  # settings are read once per process
     opts = storage_options_for("s3://b/x")
     assert opts["key"] == "id" and opts["secret"] == "CANARY-env"
     assert opts["endpoint_url"] == "http://augflow:2"
@@ -181,11 +185,13 @@ def test_settings_come_from_the_aws_environment(monkeypatch: pytest.MonkeyPatch)
     assert "CANARY-env" not in repr(settings)  # masked in any repr or log line
     assert credentials.forwarded_settings() == settings
     monkeypatch.setenv(credentials.FORWARD_ENV, "false")
+    credentials.clear_cache()  # settings are read once per process
     assert credentials.forwarded_settings() is None
 
 
 def test_installed_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
+    credentials.clear_cache()  # settings are read once per process
     installed = credentials.S3Settings(source="driver", endpoint_url="http://x:1", key="driver")
     credentials.install_s3_settings(installed)
     assert storage_options_for("s3://b")["key"] == "driver"

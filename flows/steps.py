@@ -1,4 +1,4 @@
-"""The Prefect tasks of the augment flow: thin wrappers over the plain functions in this package.
+"""The Prefect tasks of the augment flow: thin wrappers over the plain functions in augflow.tasks.
 
 A flow run creates a fixed handful of task runs (plan, execute, validate, preview, register),
 however many shards the plan has; Ray does the per-shard fan-out inside ``execute``.
@@ -10,21 +10,18 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from augflow.schemas.errors import VersionNotFoundError
+from augflow.schemas.quality import QualityReport
 from augflow.schemas.records import Plan, ShardResult
+from augflow.schemas.registry import RegistryEntry
 from augflow.schemas.request import AugmentRequest
 from augflow.tasks import progress
 from augflow.tasks.execute import execute_plan
-from augflow.tasks.plan import RunLayout, plan_request
+from augflow.tasks.layout import RunLayout
+from augflow.tasks.plan import plan_request
 from augflow.tasks.preview import build_preview
-from augflow.tasks.register import (
-    RegisterOutcome,
-    RegistryEntry,
-    build_entry,
-    get_version,
-    register_version,
-)
+from augflow.tasks.register import RegisterOutcome, build_entry, get_version, register_version
 from augflow.tasks.storage import Storage
-from augflow.tasks.validate import QualityReport, validate_rows
+from augflow.tasks.validate import validate_rows
 
 # Inputs are requests and small records; nothing is worth caching between runs, and hashing them
 # for a cache key would only cost time.
@@ -33,7 +30,9 @@ _opts = {"cache_policy": NO_CACHE, "persist_result": False}
 
 @task(name="plan", **_opts)
 def plan_step(request: AugmentRequest) -> Plan:
-    return plan_request(request)
+    plan = plan_request(request)
+    progress.emit(progress.Planned.of(plan))
+    return plan
 
 
 @task(name="find-registered", **_opts)
@@ -54,7 +53,7 @@ def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult
     return validate_rows(
         Storage(request.output),
         request,
-        run_key=f"{RunLayout(request.request_hash).run}/v-{plan.version}",
+        version=plan.version,
         data_files=[r.data_file for r in results],
         expected_rows=plan.num_rows - sum(r.num_quarantined for r in results),
         num_quarantined=sum(r.num_quarantined for r in results),
@@ -75,4 +74,5 @@ def register_step(
     request: AugmentRequest, plan: Plan, results: list[ShardResult], report: QualityReport
 ) -> RegisterOutcome:
     storage = Storage(request.output)
-    return register_version(storage, build_entry(storage, request, plan.version, results, report))
+    entry = build_entry(storage, request, plan.version, results, report.summary())
+    return register_version(storage, entry)

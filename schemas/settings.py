@@ -1,0 +1,73 @@
+"""Every environment setting augflow reads, in one frozen object read once per process.
+
+None of these can change an output byte: whatever could (batching, memory format, compilation,
+tiling) is a request field and part of the request hash. Credentials are not settings: they come
+from the standard AWS environment or a Prefect Secret block (:mod:`augflow.tasks.credentials`).
+
+=================================  =========================================================  =======
+variable                           meaning                                                    default
+=================================  =========================================================  =======
+``AUGFLOW_ROOT``                   output root for commands that take ``--root``               ``augflow-data``
+``AUGFLOW_S3_ENDPOINT_URL``        S3 endpoint (else ``AWS_ENDPOINT_URL_S3``,                  AWS
+                                   ``AWS_ENDPOINT_URL``)
+``AUGFLOW_S3_CREDENTIALS_BLOCK``   Prefect block with S3 settings (``name``, ``secret/name``,  unset
+                                   ``aws-credentials/name``)
+``AUGFLOW_S3_FORWARD_CREDENTIALS`` send the driver's S3 settings to Ray actors               ``true``
+``AUGFLOW_S3_RETRY_SECONDS``       total time transient storage errors are retried            ``60``
+=================================  =========================================================  =======
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from augflow.schemas.errors import RequestError
+
+ENDPOINT_ENVS = ("AUGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+DEFAULT_ROOT = "augflow-data"
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """augflow's environment settings (see the module docstring for the table)."""
+
+    root: str = DEFAULT_ROOT
+    s3_endpoint_url: str | None = None
+    s3_credentials_block: str | None = None
+    s3_forward_credentials: bool = True
+    s3_retry_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        retry = env.get("AUGFLOW_S3_RETRY_SECONDS", "").strip()
+        try:
+            retry_seconds = max(0.0, float(retry)) if retry else 60.0
+        except ValueError:
+            raise RequestError(
+                "AUGFLOW_S3_RETRY_SECONDS", f"{retry!r} is not a number of seconds, e.g. 60"
+            ) from None
+        return cls(
+            root=env.get("AUGFLOW_ROOT", "").strip() or DEFAULT_ROOT,
+            s3_endpoint_url=next((env[e] for e in ENDPOINT_ENVS if env.get(e)), None),
+            s3_credentials_block=env.get("AUGFLOW_S3_CREDENTIALS_BLOCK", "").strip() or None,
+            s3_forward_credentials=env.get("AUGFLOW_S3_FORWARD_CREDENTIALS", "true").strip().lower()
+            not in _FALSE,
+            s3_retry_seconds=retry_seconds,
+        )
+
+
+@functools.cache
+def settings() -> Settings:
+    """This process's settings, read from the environment on first use."""
+    return Settings.from_env()
+
+
+def reload_settings() -> Settings:
+    """Read the environment again (after a test or a long-lived worker changed it)."""
+    settings.cache_clear()
+    return settings()

@@ -1,0 +1,85 @@
+"""Every storage key under an output root, in one place. No other module formats a key.
+
+::
+
+    <root>/
+      README.md                                  dataset card (Hugging Face format)
+      registry/<name>/versions/<version>.json    one registry entry per registered version
+      runs/<hash16>/                             one folder per request (first 16 hex of its hash)
+        shards/<shard>.parquet                   output rows of a shard
+        quarantine/<shard>.parquet               quarantine rows of a shard (when any)
+        commits/<shard>.json                     commit marker, written last
+        images/<shard>/<row_id>.png              optional image files (write_image_files)
+        preview-<version>.png                    preview grid of a version
+        v-<version>/quality/report.{md,json}     the quality gate's report of a version
+
+Keys are relative to the root (``/``-separated, no leading slash); :class:`~augflow.tasks.storage.
+Storage` turns them into URIs. Names and versions are validated before they become keys.
+"""
+
+from __future__ import annotations
+
+from augflow.schemas.names import check_dataset_name, check_version
+
+REGISTRY = "registry"
+RUNS = "runs"
+DATASET_CARD = "README.md"
+
+
+class RunLayout:
+    """Where one request's objects live (keys, never full URIs)."""
+
+    def __init__(self, request_hash: str) -> None:
+        if len(request_hash) < 16 or not request_hash.isalnum():
+            raise ValueError(f"{request_hash!r} is not a request hash")
+        self.run = f"{RUNS}/{request_hash[:16]}"
+
+    def data_file(self, shard_id: str) -> str:
+        return f"{self.run}/shards/{shard_id}.parquet"
+
+    def quarantine_file(self, shard_id: str) -> str:
+        return f"{self.run}/quarantine/{shard_id}.parquet"
+
+    def commit_marker(self, shard_id: str) -> str:
+        return f"{self.run}/commits/{shard_id}.json"
+
+    @property
+    def commits(self) -> str:
+        return f"{self.run}/commits"
+
+    def image_file(self, shard_id: str, row_id: str) -> str:
+        return f"{self.run}/images/{shard_id}/{row_id}.png"
+
+    def preview(self, version: str) -> str:
+        return f"{self.run}/preview-{check_version(version)}.png"
+
+    def quality_dir(self, version: str) -> str:
+        return f"{self.run}/v-{check_version(version)}/quality"
+
+    def quality_report(self, version: str) -> str:
+        return f"{self.quality_dir(version)}/report.md"
+
+    def quality_json(self, version: str) -> str:
+        return f"{self.quality_dir(version)}/report.json"
+
+
+def shard_id_of(data_file: str) -> str:
+    """The shard id of a data file key (its file name without ``.parquet``)."""
+    return data_file.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+def registry_dataset(name: str) -> str:
+    return f"{REGISTRY}/{check_dataset_name(name)}"
+
+
+def registry_versions(name: str) -> str:
+    return f"{registry_dataset(name)}/versions"
+
+
+def registry_entry(name: str, version: str) -> str:
+    return f"{registry_versions(name)}/{check_version(version)}.json"
+
+
+def dataset_name_of(key: str) -> str:
+    """The dataset name of a key directly below ``registry/`` (as :meth:`Storage.list` gives it)."""
+    return key.removeprefix(f"{REGISTRY}/").split("/", 1)[0]
