@@ -24,18 +24,18 @@ from augflow.tasks.storage import Storage
 from augflow.tasks.validate import validate_rows
 
 # Inputs are requests and small records; nothing is worth caching between runs, and hashing them
-# for a cache key would only cost time.
-_opts = {"cache_policy": NO_CACHE, "persist_result": False}
+# for a cache key would only cost time: every task below has cache_policy=NO_CACHE and
+# persist_result=False.
 
 
-@task(name="plan", **_opts)
+@task(name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_step(request: AugmentRequest) -> Plan:
     plan = plan_request(request)
     progress.emit(progress.Planned.of(plan))
     return plan
 
 
-@task(name="find-registered", **_opts)
+@task(name="find-registered", cache_policy=NO_CACHE, persist_result=False)
 def find_registered_step(request: AugmentRequest, plan: Plan) -> RegistryEntry | None:
     try:
         return get_version(Storage(request.output), plan.dataset, plan.version)
@@ -43,12 +43,12 @@ def find_registered_step(request: AugmentRequest, plan: Plan) -> RegistryEntry |
         return None
 
 
-@task(name="execute", **_opts)
+@task(name="execute", cache_policy=NO_CACHE, persist_result=False)
 def execute_step(request: AugmentRequest, plan: Plan) -> list[ShardResult]:
     return execute_plan(request, plan, on_result=progress.emit)
 
 
-@task(name="validate", **_opts)
+@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
 def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> QualityReport:
     return validate_rows(
         Storage(request.output),
@@ -61,7 +61,7 @@ def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult
     )
 
 
-@task(name="preview", **_opts)
+@task(name="preview", cache_policy=NO_CACHE, persist_result=False)
 def preview_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> str | None:
     storage = Storage(request.output)
     key = RunLayout(request.request_hash).preview(plan.version)
@@ -69,7 +69,7 @@ def preview_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]
     return build_preview(storage, files, key, request.operation.kind)
 
 
-@task(name="register", **_opts)
+@task(name="register", cache_policy=NO_CACHE, persist_result=False)
 def register_step(
     request: AugmentRequest, plan: Plan, results: list[ShardResult], report: QualityReport
 ) -> RegisterOutcome:

@@ -34,7 +34,8 @@ def submit(
     key = idempotency_key(request)
     if force:  # a deliberate re-submission, e.g. after the inputs changed
         key = f"{key}-{uuid.uuid4().hex[:8]}"
-    return run_deployment(
+    # Prefect types run_deployment as `FlowRun | Coroutine` (async_dispatch); sync callers get a FlowRun.
+    return run_deployment(  # type: ignore[return-value]
         deployment,
         parameters={"request": request.model_dump(mode="json")},
         idempotency_key=key,

@@ -7,11 +7,11 @@ rather than as a conflict. Keys are relative to the output root.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MARKER_FORMAT = 1
+MARKER_FORMAT: Final = 1
 
 
 class CommitMarker(BaseModel):

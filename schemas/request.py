@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from augflow.schemas.errors import DatasetRefError, RequestError
 from augflow.schemas.names import check_dataset_name, looks_like_ref, parse_ref
 
-SCHEDULERS = ("ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "lms", "pndm", "unipc")
+Scheduler = Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "lms", "pndm", "unipc"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 
 class Frozen(BaseModel):
@@ -42,7 +43,7 @@ class ModelSpec(Frozen):
     revision: str | None = Field(
         default=None, description="hub commit/tag to pin; recorded in every row"
     )
-    scheduler: Literal[SCHEDULERS] | None = Field(  # type: ignore[valid-type]
+    scheduler: Scheduler | None = Field(
         default=None, description="swap the pipeline's scheduler by name; None keeps the model's"
     )
 
@@ -121,9 +122,9 @@ class GenerateOp(Frozen):
         """(class label, prompt) of image ``index``; pure, so plans and workers agree."""
         if self.class_names is not None:
             labels = self.class_labels or list(range(len(self.class_names)))
-            label = labels[index % len(labels)]
+            named = labels[index % len(labels)]
             template = self.prompt_template or "{label}"
-            return label, template.format(label=self.class_names[label])
+            return named, template.format(label=self.class_names[named])
         label = self.class_labels[index % len(self.class_labels)] if self.class_labels else None
         prompt = self.prompts[index % len(self.prompts)] if self.prompts else None
         return label, prompt

@@ -14,6 +14,7 @@ driver joining with an explicit address needs ``RAY_AUTH_MODE=token`` and the cl
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -69,19 +70,21 @@ def ensure_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    common = {"logging_level": logging.WARNING, "log_to_driver": True, "ignore_reinit_error": True}
+    init = functools.partial(
+        ray.init, logging_level=logging.WARNING, log_to_driver=True, ignore_reinit_error=True
+    )
     if address and not is_loopback(address_host(address)):
         # A real cluster (KubeRay head service, ray:// client): Ray's own resolution is right.
-        ray.init(address=address, **common)
+        init(address=address)
         return
     with keep_loopback():
         if address:
             # A cluster on this machine (several `ray start` nodes on 127.0.0.1): connect to the
             # raylet that advertises loopback, never to the machine's public address.
-            ray.init(address=address, _node_ip_address=LOOPBACK, **common)
+            init(address=address, _node_ip_address=LOOPBACK)
         else:
             # A local cluster listens on 127.0.0.1 only and starts no dashboard (nothing to expose).
-            ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, **common)
+            init(_node_ip_address=LOOPBACK, include_dashboard=False)
 
 
 def cluster_gpus() -> int:

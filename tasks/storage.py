@@ -13,6 +13,7 @@ and bucket and saying what to check. Error text is scrubbed of the secret key.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import io
@@ -324,7 +325,10 @@ class Storage:
     def size(self, key: str) -> int:
         return int(self._call("stat", key, lambda: self.fs.size(self.path(key))))
 
-    def read_parquet(self, keys: Iterable[str], columns: list[str] | None = None) -> pa.Table:
+    # `builtins.list`: in this class's annotations `list` names the method above.
+    def read_parquet(
+        self, keys: Iterable[str], columns: builtins.list[str] | None = None
+    ) -> pa.Table:
         tables = []
         for key in keys:
             if self.is_local:
