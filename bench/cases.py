@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,7 +18,6 @@ from typing import Any
 from bench.common import (
     ActorMemory,
     full_pool_window,
-    make_sleep,
     make_unet_model,
     quiet_env,
     self_peak_rss_mb,
@@ -40,24 +38,41 @@ def _request(model: Path, out: str, n: int, p: dict[str, Any], **extra: Any):
         "seed": p.get("seed", 0),
         "shard_size": p["shard_size"],
         "output": out,
-        "execution": {"batch_size": p["batch"], "workers": p.get("workers", 1), "device": "cpu"},
+        # batch_invariant: one image per model call (the CPU default), else p["batch"] per call
+        "compute": {"micro_batch": 1 if p.get("batch_invariant") else p["batch"]},
+        "execution": {"workers": p.get("workers", 1), "device": "cpu"},
         **extra,
     }
     return parse_request(data)
 
 
-def _init_ray(num_cpus: int) -> None:
+def _init_ray(num_cpus: int, fake_model: bool = False) -> None:
+    """Start Ray; with ``fake_model`` every worker registers the sleep model before its actors
+    start (and so does this process), which only the cases that use it pay for."""
     import logging
 
     import ray
 
+    runtime_env = None
+    if fake_model:
+        from bench import fake_model as fake
+
+        fake.register()
+        runtime_env = fake.ray_runtime_env()
     ray.init(
         num_cpus=num_cpus,
         _node_ip_address="127.0.0.1",
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=False,
+        runtime_env=runtime_env,
     )
+
+
+def make_sleep(path: str | Path, seconds_per_batch: float, side: int = 8) -> Path:
+    from bench.fake_model import make_sleep_model
+
+    return make_sleep_model(path, seconds_per_batch, side)
 
 
 # --- 1. efficiency -----------------------------------------------------------------------------
@@ -99,7 +114,6 @@ def eff_bare(p: dict[str, Any]) -> dict[str, Any]:
 
 def eff_augflow(p: dict[str, Any]) -> dict[str, Any]:
     """augflow end to end: the real flow (Prefect ephemeral server), a Ray actor pool, GX, registry."""
-    os.environ["AUGFLOW_BATCH_INVARIANT"] = "1" if p.get("batch_invariant") else "0"
     from augflow.flows.augment import augment
     from augflow.tasks import progress
 
@@ -209,7 +223,7 @@ def scaling(p: dict[str, Any]) -> dict[str, Any]:
     from augflow.tasks.execute import execute_plan
     from augflow.tasks.plan import plan_request
 
-    _init_ray(p["ray_cpus"])  # logical CPUs: sleeping actors need no real ones
+    _init_ray(p["ray_cpus"], fake_model=True)  # logical CPUs: sleeping actors need no real ones
     model = make_sleep(Path(p["tmp"]) / "sleep", p["sleep"], 8)
     out: dict[str, Any] = {}
     for size in p["sizes"]:
@@ -259,7 +273,7 @@ def overhead(p: dict[str, Any]) -> dict[str, Any]:
     from augflow.tasks.execute import committed_results, execute_plan
     from augflow.tasks.plan import plan_request
 
-    _init_ray(p["ray_cpus"])
+    _init_ray(p["ray_cpus"], fake_model=True)
     model = make_sleep(Path(p["tmp"]) / "sleep0", 0.0, 8)
     res: dict[str, Any] = {}
     for n_shards in p["shard_counts"]:
@@ -301,7 +315,7 @@ def memory(p: dict[str, Any]) -> dict[str, Any]:
     """The full flow with the sleep model; peak RSS of this driver and of each actor."""
     from augflow.flows.augment import augment
 
-    _init_ray(p["ray_cpus"])
+    _init_ray(p["ray_cpus"], fake_model=True)
     model = make_sleep(Path(p["tmp"]) / "sleepm", 0.0, p.get("side", 64))
     req = _request(model, str(Path(p["tmp"]) / "mem"), p["n"], {**p, "steps": 1})
     t0 = time.time()
@@ -330,7 +344,9 @@ def storage(p: dict[str, Any]) -> dict[str, Any]:
     from augflow.tasks import shard_worker
     from augflow.tasks.plan import plan_request
     from augflow.tasks.storage import Storage
+    from bench.fake_model import register
 
+    register()  # the sleep model runs in this process here, no Ray
     torch.set_num_threads(p["threads"])
     spent = {"png_encode_and_metrics": 0.0, "parquet_encode_and_write": 0.0, "marker_write": 0.0}
 

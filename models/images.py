@@ -41,7 +41,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
         with warnings.catch_warnings():
             # Pillow only warns between its limit and twice its limit; a warning is a bomb to us.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=None)
+            img: Image.Image = Image.open(io.BytesIO(data), formats=None)
             fmt = img.format or "unknown"
             if fmt not in ALLOWED_FORMATS:
                 raise ImageRejected(

@@ -13,18 +13,24 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from augflow.schemas.errors import ModelLoadError
 from augflow.schemas.request import ModelSpec
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 #: augflow's own pipeline classes, resolved lazily so a missing module only matters when used.
 AUGFLOW_PIPELINES: dict[str, str] = {
     "SR3Pipeline": "augflow.models.sr3:SR3Pipeline",
-    "SleepPipeline": "augflow.models.sleep:SleepPipeline",
 }
+
+#: Pipeline classes a process registered with :func:`register_pipeline_class` (e.g. the
+#: benchmarks' fake model); empty unless someone registers one.
+_registered_pipelines: dict[str, type[DiffusionPipeline]] = {}
 
 #: Short scheduler names of the request -> diffusers class names.
 SCHEDULER_CLASSES: dict[str, str] = {
@@ -172,7 +178,7 @@ def folder_digest(folder: Path) -> str:
         h.update(f"{rel}\0{p.stat().st_size}\0".encode())
         if total < DIGEST_CONTENT_LIMIT:
             with p.open("rb") as f:
-                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                while chunk := f.read(1 << 20):
                     h.update(chunk)
     return f"sha256:{h.hexdigest()[:12]}"
 
@@ -217,12 +223,38 @@ def _hub_model_index(spec: ModelSpec) -> dict[str, Any]:
 # --- classes and loading -------------------------------------------------------------------------
 
 
-def resolve_pipeline_class(class_name: str | None, where: str) -> type:
-    """The pipeline class named by model_index.json: a diffusers class or an augflow one."""
+def register_pipeline_class(name: str, cls: type[DiffusionPipeline]) -> None:
+    """Let model folders whose model_index.json names ``name`` load as ``cls``.
+
+    For pipeline classes augflow does not ship (a benchmark's fake, a project's own pipeline):
+    code is only ever loaded from classes a process registered itself, never from the model
+    folder. ``cls`` must be a ``DiffusionPipeline`` subclass and ``name`` must not shadow a
+    diffusers or built-in augflow class. Registration is per process: in a Ray cluster it has to
+    happen in every worker too. A runner family for it is registered separately
+    (:func:`augflow.models.runner.register_family`).
+    """
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    if not (isinstance(cls, type) and issubclass(cls, DiffusionPipeline)):
+        raise TypeError(f"{cls!r} is not a diffusers DiffusionPipeline subclass")
+    if name in AUGFLOW_PIPELINES or hasattr(diffusers, name):
+        raise ValueError(f"pipeline class name {name!r} is taken by diffusers or augflow")
+    known = _registered_pipelines.get(name)
+    if known is not None and known is not cls:
+        raise ValueError(f"pipeline class name {name!r} is already registered as {known!r}")
+    _registered_pipelines[name] = cls
+
+
+def resolve_pipeline_class(class_name: str | None, where: str) -> type[DiffusionPipeline]:
+    """The pipeline class named by model_index.json: a diffusers class, an augflow one, or one
+    this process registered."""
     from diffusers import DiffusionPipeline
 
     if not class_name:
         raise ModelLoadError(f"{where}: model_index.json has no _class_name")
+    if class_name in _registered_pipelines:
+        return _registered_pipelines[class_name]
     if class_name in AUGFLOW_PIPELINES:
         module_name, _, attr = AUGFLOW_PIPELINES[class_name].partition(":")
         try:
@@ -239,7 +271,8 @@ def resolve_pipeline_class(class_name: str | None, where: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, DiffusionPipeline)):
         raise ModelLoadError(
             f"{where}: pipeline class {class_name!r} is neither a diffusers pipeline nor one of "
-            f"augflow's ({', '.join(AUGFLOW_PIPELINES)}); custom pipeline code is never loaded"
+            f"augflow's ({', '.join([*AUGFLOW_PIPELINES, *_registered_pipelines])}); custom "
+            "pipeline code is never loaded from a model folder"
         )
     return cls
 

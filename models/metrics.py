@@ -21,7 +21,7 @@ PSNR_CAP_DB = 100.0
 
 METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in METRIC_FIELDS)
 
-Operation = Literal["generate", "img2img", "denoise", "upscale"]
+Operation = Literal["generate", "img2img", "denoise", "upscale", "inpaint"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

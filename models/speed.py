@@ -1,61 +1,53 @@
-"""GPU speed settings of a loaded pipeline: attention kernel, memory format, compile, batching.
+"""Speed settings of a loaded pipeline: attention kernel, memory format, compile, micro-batches.
 
-Everything here is on by default where it helps and is harmless on CPU; the environment can
-override it per actor (Ray workers inherit the driver's environment):
+Every setting that can change output bytes comes from the request's ``compute`` section (hashed,
+so two runs that differ here are two versions); this module only resolves its defaults per device:
 
-``AUGFLOW_COMPILE``          unset/``0``: off; ``1``: ``torch.compile`` (inductor); any other value
-                             names a dynamo backend (``eager`` is what the CPU tests use).
-``AUGFLOW_CHANNELS_LAST``    ``1``/``0``; default on for CUDA, off for CPU (where NHWC convolutions
-                             are usually slower and would change output bytes for no gain).
-``AUGFLOW_BATCH_INVARIANT``  ``1``: run every image on its own (bit-identical whatever
-                             ``execution.batch_size`` is); ``0``: batch same-size images.
-                             Default: on for CPU, off for CUDA, where batching is the throughput.
+``micro_batch``    images per model call; 1 on CPU (bit-identical to computing each image alone),
+                   8 on CUDA, where batching is most of the speed. A CUDA out-of-memory error
+                   halves it for the rest of the actor's life.
+``channels_last``  NHWC memory format of the convolution-heavy components; on for CUDA, off for
+                   CPU (where NHWC convolutions are usually slower and only change bytes).
+``compile``        ``torch.compile`` backend of the UNet (``inductor``, or ``eager`` for dynamo
+                   tracing only, which the CPU tests use); off unless named.
+
+The attention processor (SDPA) and VAE slicing do not change bytes and are always applied.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from augflow.schemas.request import ComputeSpec
 
 log = logging.getLogger(__name__)
 
 #: Components that are convolution-heavy and worth NHWC / compiling.
 CONV_COMPONENTS = ("unet", "vae", "vqvae")
 
-
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    return default
+#: Images per model call when ``compute.micro_batch`` is unset.
+DEFAULT_MICRO_BATCH = {"cpu": 1, "cuda": 8}
 
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    batch_invariant: bool
+    micro_batch: int
     channels_last: bool
     compile_backend: str | None  # None: no torch.compile
 
     @classmethod
-    def for_device(cls, device: str, batch_invariant: bool | None = None) -> SpeedOptions:
+    def resolve(cls, compute: ComputeSpec, device: str) -> SpeedOptions:
+        """``compute`` with its unset fields filled by the defaults of ``device``."""
         cuda = device.startswith("cuda")
-        if batch_invariant is None:
-            batch_invariant = _flag("AUGFLOW_BATCH_INVARIANT", not cuda)
-        raw = os.environ.get("AUGFLOW_COMPILE", "").strip()
-        backend = None if raw.lower() in ("", "0", "false", "off", "no") else raw
-        if backend is not None and backend.lower() in ("1", "true", "on", "yes"):
-            backend = "inductor"
-        return cls(
-            batch_invariant=batch_invariant,
-            channels_last=_flag("AUGFLOW_CHANNELS_LAST", cuda),
-            compile_backend=backend,
-        )
+        micro = compute.micro_batch
+        if micro is None:
+            micro = DEFAULT_MICRO_BATCH["cuda" if cuda else "cpu"]
+        channels_last = compute.channels_last if compute.channels_last is not None else cuda
+        return cls(micro_batch=micro, channels_last=channels_last, compile_backend=compute.compile)
 
 
 def attention_kernels(module: Any) -> set[str]:
@@ -74,7 +66,7 @@ def apply_speedups(pipe: Any, opts: SpeedOptions) -> dict[str, Any]:
     # default; an older processor here would mean a checkpoint forced one, so it is reset.
     kernels = attention_kernels(unet)
     if (
-        kernels
+        unet is not None
         and "AttnProcessor" in kernels
         and hasattr(torch.nn.functional, "scaled_dot_product_attention")
     ):
@@ -87,7 +79,8 @@ def apply_speedups(pipe: Any, opts: SpeedOptions) -> dict[str, Any]:
         for name in CONV_COMPONENTS:
             mod = getattr(pipe, name, None)
             if isinstance(mod, torch.nn.Module):
-                mod.to(memory_format=torch.channels_last)
+                # Module.to takes memory_format at run time; torch's stub overloads leave it out
+                mod.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         done["channels_last"] = True
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "enable_slicing"):
@@ -111,28 +104,3 @@ def is_cuda_oom(exc: BaseException) -> bool:
 def release_cuda_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-#: Rough activation memory of one image per pixel the UNet sees, for fp16 with SDPA attention
-#: (an SD-1.5 step at 64x64 latents needs about 1 GiB an image). An over-estimate only costs speed;
-#: an under-estimate is caught by the out-of-memory back-off.
-BYTES_PER_UNET_PIXEL = 256 * 1024
-MAX_AUTO_BATCH = 64
-
-
-def auto_batch_size(unet_pixels: int, free_bytes: int, share: float = 0.5) -> int:
-    """A starting batch for CUDA when the request did not set ``execution.batch_size``.
-
-    ``unet_pixels`` is the spatial size the UNet works at (latent pixels for latent models);
-    ``share`` of the free GPU memory is budgeted for activations, the rest left for weights, the
-    VAE and the allocator's slack.
-    """
-    per_image = max(1, unet_pixels) * BYTES_PER_UNET_PIXEL
-    return max(1, min(MAX_AUTO_BATCH, int(free_bytes * share) // per_image))
-
-
-def free_cuda_bytes() -> int:
-    import torch
-
-    free, _total = torch.cuda.mem_get_info()
-    return int(free)

@@ -35,7 +35,11 @@ class ShardWorker:
         self.request = request
         self.storage = Storage(request.output)
         self.layout = RunLayout(request.request_hash)
-        self.model = AugmentModel(request, device=device or request.execution.device)
+        self.model = AugmentModel(
+            request,
+            device=device or request.execution.device,
+            read_uri=lambda uri: open_uri(uri).read(),
+        )
         # One shard computes at a time: the model holds the device (and on CPU all its threads).
         self._compute_lock = threading.Lock()
         self._params = json.dumps(

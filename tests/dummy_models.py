@@ -7,11 +7,14 @@ noise-like pictures, which is all the plumbing tests need.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from PIL import Image
 
 from augflow.schemas import (
     AugmentRequest,
@@ -24,14 +27,19 @@ from augflow.schemas import (
 
 
 def tiny_unet(
-    sample_size: int = 16, seed: int = 0, num_class_embeds: int | None = None, in_channels: int = 3
+    sample_size: int = 16,
+    seed: int = 0,
+    num_class_embeds: int | None = None,
+    in_channels: int = 3,
+    out_channels: int = 3,
 ) -> UNet2DModel:
-    """A ~20k-parameter pixel UNet; ``in_channels=6`` for conditional models (x_t + condition)."""
+    """A ~20k-parameter pixel UNet; ``in_channels=6`` for conditional models (x_t + condition),
+    ``in_channels=out_channels=1`` for a grey one."""
     torch.manual_seed(seed)
     return UNet2DModel(
         sample_size=sample_size,
         in_channels=in_channels,
-        out_channels=3,
+        out_channels=out_channels,
         layers_per_block=1,
         block_out_channels=(8, 16),
         norm_num_groups=4,
@@ -56,10 +64,11 @@ def make_tiny_ddpm(
     seed: int = 0,
     scheduler: str = "ddpm",
     num_class_embeds: int | None = None,
+    channels: int = 3,
 ) -> Path:
-    """A DDPMPipeline (or DDIMPipeline) folder with a ~20k-parameter UNet."""
+    """A DDPMPipeline (or DDIMPipeline) folder with a ~20k-parameter UNet (``channels=1``: grey)."""
     path = Path(path)
-    unet = tiny_unet(sample_size, seed, num_class_embeds)
+    unet = tiny_unet(sample_size, seed, num_class_embeds, channels, channels)
     sched = _scheduler(scheduler)
     pipe_cls = DDIMPipeline if scheduler == "ddim" else DDPMPipeline
     pipe_cls(unet=unet, scheduler=sched).save_pretrained(path, safe_serialization=True)
@@ -134,6 +143,28 @@ def make_request(model: Path | str, operation: dict[str, Any], **fields: Any) ->
         else:
             data[key] = value
     return parse_request(data)
+
+
+def photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A smooth picture plus a little texture (not pure noise, so PSNR means something)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), np.full((h, w), 128)], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
+
+
+def noise_photo(w: int = 20, h: int = 12, seed: int = 0) -> Image.Image:
+    """Uniform RGB noise of ``w`` x ``h``."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def png_size(png: bytes | None) -> tuple[int, int]:
+    """(w, h) of encoded PNG bytes."""
+    if png is None:
+        raise ValueError("no PNG")
+    with Image.open(io.BytesIO(png)) as im:
+        return im.size
 
 
 def items_for(request: AugmentRequest, n_sources: int) -> list[WorkItem]:

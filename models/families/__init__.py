@@ -1,2 +1,3 @@
-"""Model families beyond augflow's pixel UNets: each adapts one kind of diffusers pipeline to
-augflow's operations (see :mod:`augflow.models.runner` for the dispatch)."""
+"""Model families: each adapts one kind of diffusers pipeline to augflow's operations behind the
+:class:`~augflow.models.families.base.Family` protocol; :mod:`augflow.models.runner` dispatches
+to them (first match wins) and does the batching."""

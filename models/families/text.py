@@ -14,31 +14,45 @@ denoise     AutoPipelineForImage2Image         low strength: ``noise_level / 100
 upscale     AutoPipelineForImage2Image         bicubic x factor, then SDEdit at ``strength``; a
                                                dedicated upscaler model is better (upscalers.py)
 inpaint     AutoPipelineForInpainting          mask from operation.mask or operation.mask_column
+
+Masks are read through the URI reader the caller injects (``ModelContext.read_uri``): models/
+never opens storage itself.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageOps
 
+from augflow.models.families.base import Computed, ModelContext
 from augflow.models.families.common import (
     any_to_mask,
     cell_bytes,
+    check_training_timesteps,
     output_size,
     pad_multiple,
+    present,
+    resolve_steps,
     to_unit,
 )
 from augflow.models.images import ImageRejected, decode_image
 from augflow.schemas.errors import ModelLoadError, RequestError
 from augflow.schemas.records import WorkItem
-
-if TYPE_CHECKING:
-    from augflow.models.runner import AugmentModel
+from augflow.schemas.request import (
+    DenoiseOp,
+    GenerateOp,
+    Img2ImgOp,
+    InpaintOp,
+    UpscaleOp,
+)
 
 DENOISE_STRENGTH_RANGE = (0.1, 0.6)
+OPERATIONS = "generate, img2img, denoise, upscale and inpaint"
 
 
 def is_text_latent(pipe: Any) -> bool:
@@ -62,62 +76,75 @@ def _auto_class(kind: str) -> Any:
 
 
 class TextLatentFamily:
-    name = "text-latent"
+    name: ClassVar[str] = "text-latent"
+    summary: ClassVar[str] = (
+        f"{OPERATIONS} with text-conditioned latent pipelines (StableDiffusion*, SDXL)"
+    )
 
-    def __init__(self, model: AugmentModel) -> None:
-        self.model = model
-        self.op = model.op
-        self.request = model.request
-        base = model.pipeline
+    @classmethod
+    def matches(cls, pipeline: Any) -> bool:
+        return is_text_latent(pipeline)
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+        self.op = ctx.op
+        self.request = ctx.request
+        base = ctx.pipeline
         auto = _auto_class(self.op.kind)
         try:
             # same class -> a new pipeline object over the same modules; otherwise the family's
             # variant for this task (e.g. StableDiffusionImg2ImgPipeline)
-            self.pipe = auto.from_pipe(base)
+            self.pipe: Any = auto.from_pipe(base)
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(
-                f"model {model.model_id!r}: {type(base).__name__} has no "
+                f"model {ctx.model_id!r}: {type(base).__name__} has no "
                 f"{self.op.kind!r} variant in diffusers ({auto.__name__}: {exc})"
             ) from None
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=True)
         self.vae_scale = int(getattr(base, "vae_scale_factor", 8))
+        #: the task variant's own default (its __call__), e.g. 50 for StableDiffusion*
+        self.steps: int = resolve_steps(ctx, self.pipe)
         self._mask: Image.Image | None = None
         self._mask_cells: dict[str, Any] = {}
 
     # --- validation --------------------------------------------------------------------------
 
     def check(self) -> None:
-        op, kind = self.op, self.op.kind
-        if kind == "generate" and op.class_labels is not None and op.class_names is None:
+        op = self.op
+        if isinstance(op, GenerateOp) and op.class_labels is not None and op.class_names is None:
             raise RequestError(
                 "operation.class_labels",
-                f"model {self.model.model_id!r} is text-to-image and takes prompts, not label "
+                f"model {self.ctx.model_id!r} is text-to-image and takes prompts, not label "
                 "ids; add class_names (and a prompt_template such as 'a photo of a {label}')",
             )
         strength = self.strength()
-        if strength is not None and int(self.request.steps * strength) < 1:
-            field = "operation.noise_level" if kind == "denoise" else "operation.strength"
+        if strength is not None and int(self.steps * strength) < 1:
+            field = "operation.noise_level" if op.kind == "denoise" else "operation.strength"
             raise RequestError(
                 field,
-                f"steps {self.request.steps} x strength {strength:g} (from {field}) runs no "
+                f"steps {self.steps} x strength {strength:g} (from {field}) runs no "
                 "denoising step; raise steps or " + field.split(".")[1],
             )
-        t_train = self.pipe.scheduler.config.num_train_timesteps
-        if self.request.steps > t_train:
-            raise RequestError(
-                "steps", f"{self.request.steps} exceeds the model's {t_train} training timesteps"
-            )
-        if kind == "inpaint" and op.mask is not None:
-            self._mask = self._load_mask(op.mask)
+        check_training_timesteps(self.ctx, self.steps, self.pipe.scheduler)
+        if isinstance(op, InpaintOp):
+            if self.ctx.read_uri is None:
+                what = f"the mask {op.mask!r}" if op.mask is not None else "mask_column cells"
+                raise ModelLoadError(
+                    f"model {self.ctx.model_id!r}: inpainting reads {what} from storage, but "
+                    "this AugmentModel was built without a URI reader; pass read_uri= (augflow's "
+                    "shard worker passes one built on its storage layer)"
+                )
+            if op.mask is not None:
+                self._mask = self._load_mask(op.mask)
 
     def strength(self) -> float | None:
-        kind = self.op.kind
-        if kind in ("img2img", "upscale", "inpaint"):
-            return float(self.op.strength)
-        if kind == "denoise":
+        op = self.op
+        if isinstance(op, Img2ImgOp | UpscaleOp | InpaintOp):
+            return float(op.strength)
+        if isinstance(op, DenoiseOp):
             lo, hi = DENOISE_STRENGTH_RANGE
-            return min(hi, max(lo, self.op.noise_level / 100.0))
+            return min(hi, max(lo, op.noise_level / 100.0))
         return None
 
     # --- sizes -------------------------------------------------------------------------------
@@ -138,31 +165,31 @@ class TextLatentFamily:
 
     def compute(
         self,
-        items: list[WorkItem],
-        sources: list[Image.Image | None],
-        gens: list[torch.Generator],
-    ) -> tuple[torch.Tensor, list[Image.Image | None]]:
-        op, kind, n = self.op, self.op.kind, len(items)
+        items: Sequence[WorkItem],
+        sources: Sequence[Image.Image | None],
+        generators: list[torch.Generator],
+    ) -> Computed:
+        op, n = self.op, len(items)
         kw: dict[str, Any] = {
-            "num_inference_steps": self.request.steps,
-            "generator": gens,
+            "num_inference_steps": self.steps,
+            "generator": generators,
             "output_type": "pt",
         }
         if self.request.guidance_scale is not None:
             kw["guidance_scale"] = self.request.guidance_scale
-        if op.kind != "denoise" and op.kind != "upscale" and op.negative_prompt:
+        if isinstance(op, GenerateOp | Img2ImgOp | InpaintOp) and op.negative_prompt:
             kw["negative_prompt"] = [op.negative_prompt] * n
         prompts = [it.prompt or "" for it in items]
-        if kind == "generate":
+        if isinstance(op, GenerateOp):
             w, h = self.native_size()
             out = self.pipe(prompt=prompts, height=h, width=w, **kw).images
-            return out.float() * 2 - 1, [None] * n
-        srcs: list[Image.Image] = [s for s in sources if s is not None]
-        if kind == "img2img":
+            return Computed(out.float() * 2 - 1, [None] * n)
+        srcs = present(sources)
+        if isinstance(op, Img2ImgOp):
             inits = [ImageOps.fit(s, self.native_size(), Image.Resampling.BICUBIC) for s in srcs]
             out = self.pipe(prompt=prompts, image=to_unit(inits), strength=op.strength, **kw)
-            return out.images.float() * 2 - 1, list(inits)
-        if kind == "upscale":
+            return Computed(out.images.float() * 2 - 1, list(inits))
+        if isinstance(op, UpscaleOp):
             w, h = srcs[0].size
             f = op.factor
             base = [s.resize((w * f, h * f), Image.Resampling.BICUBIC) for s in srcs]
@@ -172,23 +199,24 @@ class TextLatentFamily:
         h, w = x.shape[-2:]
         xp = pad_multiple(x, self.vae_scale)
         call: dict[str, Any] = {"image": xp, "strength": self.strength(), **kw}
-        if kind == "inpaint":
+        if isinstance(op, InpaintOp):
             masks = [self._mask_for(it, s) for it, s in zip(items, srcs, strict=True)]
             m = to_unit([mk.convert("RGB") for mk in masks])[:, :1]
             call["mask_image"] = pad_multiple(m, self.vae_scale)
             call["height"], call["width"] = xp.shape[-2:]
         out = self.pipe(prompt=prompts, **call).images
-        return out[..., :h, :w].float() * 2 - 1, list(srcs)
+        return Computed(out[..., :h, :w].float() * 2 - 1, list(srcs))
 
     # --- masks -------------------------------------------------------------------------------
 
-    def _load_mask(self, uri: str) -> Image.Image:
-        from augflow.tasks.storage import open_uri
+    def _read(self, uri: str) -> bytes:
+        if self.ctx.read_uri is None:  # check() refuses inpainting without a reader first
+            raise ValueError(f"no URI reader to read {uri}")
+        return self.ctx.read_uri(uri)
 
+    def _load_mask(self, uri: str) -> Image.Image:
         try:
-            with open_uri(uri) as fh:
-                data = fh.read()
-            return decode_image(data, uri).convert("L")
+            return decode_image(self._read(uri), uri).convert("L")
         except ImageRejected as exc:
             raise RequestError("operation.mask", f"the mask is not a usable image: {exc}") from None
         except Exception as exc:
@@ -199,7 +227,7 @@ class TextLatentFamily:
     def _mask_for(self, item: WorkItem, src: Image.Image) -> Image.Image:
         if self._mask is not None:
             return any_to_mask(self._mask, src.size)
-        column = self.op.mask_column
+        column = self.op.mask_column if isinstance(self.op, InpaintOp) else None
         if item.source_row is None or item.source_uri is None:
             raise ValueError(
                 f"operation.mask_column {column!r} needs Parquet inputs; {item.source_id} is a "
@@ -207,19 +235,21 @@ class TextLatentFamily:
             )
         cells = self._mask_cells.get(item.source_uri)
         if cells is None:
-            from augflow.tasks.storage import open_uri
-
-            with open_uri(item.source_uri) as fh:
-                schema = pq.read_schema(fh)
-                if column not in schema.names:
-                    raise ValueError(
-                        f"{item.source_uri} has no column {column!r} (operation.mask_column); "
-                        f"columns: {', '.join(schema.names)}"
-                    )
-                fh.seek(0)
-                cells = pq.read_table(fh, columns=[column]).column(column)
+            # the whole file is read once and only the mask column decoded; shards are per file,
+            # so this happens once per shard
+            data = pa.BufferReader(self._read(item.source_uri))
+            names = pq.read_schema(data).names
+            if column not in names:
+                raise ValueError(
+                    f"{item.source_uri} has no column {column!r} (operation.mask_column); "
+                    f"columns: {', '.join(names)}"
+                )
+            data.seek(0)
+            cells = pq.read_table(data, columns=[column]).column(column)
             self._mask_cells = {item.source_uri: cells}  # one file at a time: shards are per file
-        data = cell_bytes(cells[item.source_row].as_py())
-        if data is None:
+        data_bytes = cell_bytes(cells[item.source_row].as_py())
+        if data_bytes is None:
             raise ValueError(f"{item.source_uri}#{item.source_row}: empty {column!r} cell")
-        return any_to_mask(decode_image(data, f"{item.source_uri}#{item.source_row}"), src.size)
+        return any_to_mask(
+            decode_image(data_bytes, f"{item.source_uri}#{item.source_row}"), src.size
+        )

@@ -43,7 +43,8 @@ def _t2i(model: Path, root: Path, device: str = "cpu") -> object:
             "steps": 2,
             "guidance_scale": 2.0,
             "shard_size": 2,
-            "execution": {"batch_size": 2, "device": device},
+            "compute": {"micro_batch": 2},
+            "execution": {"device": device},
         }
     )
 
@@ -99,8 +100,8 @@ def test_text_to_image_fp16_on_cuda(tmp_path: Path) -> None:
     model = make_tiny_sd(tmp_path / "sd")
     request = _t2i(model, tmp_path / "out", device="cuda")
     loaded = AugmentModel(request, "cuda")
-    assert loaded.dtype == torch.float16 and not loaded.batch_invariant
-    assert loaded.speed_settings.get("channels_last") is True
+    assert loaded.dtype == torch.float16 and loaded.micro_batch == 2
+    assert loaded.speed_settings.get("channels_last") is True  # the CUDA default
     outcome = augment(request)
     assert outcome.status == "registered" and outcome.num_rows == 3
     assert all((r["width"], r["height"]) == (16, 16) for r in _rows(tmp_path / "out", "tiny-t2i"))

@@ -117,3 +117,37 @@ def test_scheduler_swap(ddpm_dir: Path, name: str) -> None:
     assert type(loaded.pipeline.scheduler).__name__ == SCHEDULER_CLASSES[name]
     assert loaded.scheduler_name == name
     assert loaded.pipeline.scheduler.config.num_train_timesteps == 100  # config carried over
+
+
+def test_only_sr3_is_built_in_and_registration_is_checked(monkeypatch) -> None:
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    import augflow.models.loading as loading
+    from augflow.models.loading import register_pipeline_class
+
+    assert list(AUGFLOW_PIPELINES) == ["SR3Pipeline"]  # the benchmark fake lives in bench/
+    monkeypatch.setattr(loading, "_registered_pipelines", {})
+
+    class Mine(DiffusionPipeline):
+        pass
+
+    class Other(DiffusionPipeline):
+        pass
+
+    with pytest.raises(TypeError, match="not a diffusers DiffusionPipeline"):
+        register_pipeline_class("Mine", dict)  # type: ignore[arg-type]  # the wrong type is the point
+    for taken in ("SR3Pipeline", "StableDiffusionPipeline"):
+        with pytest.raises(ValueError, match="is taken"):
+            register_pipeline_class(taken, StableDiffusionPipeline)
+    register_pipeline_class("Mine", Mine)
+    register_pipeline_class("Mine", Mine)  # the same class again is fine (worker re-imports)
+    with pytest.raises(ValueError, match="already registered"):
+        register_pipeline_class("Mine", Other)
+    assert loading.resolve_pipeline_class("Mine", "here") is Mine
+
+
+def test_dtype_per_device() -> None:
+    from augflow.models.loading import default_dtype
+
+    assert default_dtype("cuda") == torch.float16
+    assert default_dtype("cpu") == torch.float32

@@ -1,94 +1,44 @@
-"""AugmentModel: sizes per operation, determinism, NaN/blank handling, per-item failures."""
+"""The runner (models/runner.py): dispatch to a family, micro-batches, OOM back-off, per-item
+isolation, metrics — and the worked example of adding a model family."""
 
 from __future__ import annotations
 
+import ast
 import io
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from dummy_models import items_for, make_request
+import torch
+from diffusers import DiffusionPipeline
+from dummy_models import items_for, make_request, photo, png_size
 from PIL import Image
 
-from augflow.models.loading import SCHEDULER_CLASSES
-from augflow.models.runner import AugmentModel, ImageOutput
-from augflow.schemas import ModelLoadError, RequestError
+import augflow.models.loading as loading
+import augflow.models.runner as runner
+from augflow.models.families.base import Computed, ModelContext
+from augflow.models.families.common import present
+from augflow.models.images import pil_to_tensor
+from augflow.models.loading import register_pipeline_class
+from augflow.models.metrics import PSNR_CAP_DB
+from augflow.models.runner import AugmentModel, register_family, registered_families
+from augflow.schemas import ModelLoadError, RequestError, WorkItem
+from augflow.schemas.request import UpscaleOp
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
-    """A smooth picture plus a little texture (not pure noise, so PSNR means something)."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    rng = np.random.default_rng(seed)
-    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), np.full((h, w), 128)], -1)
-    return Image.fromarray(np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8))
-
-
-def _sizes(outs: list[ImageOutput]) -> list[tuple[int, int]]:
-    return [Image.open(io.BytesIO(o.png)).size for o in outs]
-
-
-def _ok(outs: list[ImageOutput]) -> None:
-    for o in outs:
-        assert o.error is None, o.error
-        assert o.png is not None and o.metrics is not None
-        assert o.metrics["decodable"] is True
-        assert (o.metrics["width"], o.metrics["height"]) == (
-            o.metrics["expected_width"],
-            o.metrics["expected_height"],
-        )
-
-
-def test_generate_native_and_requested_size(ddpm_dir: Path) -> None:
-    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 3})
-    model = AugmentModel(req, "cpu")
-    assert model.model_revision.startswith("sha256:")
-    assert model.scheduler_name == "ddpm"
-    outs = model(items_for(req, 0), [None] * 3)
-    _ok(outs)
-    assert _sizes(outs) == [(16, 16)] * 3
-    assert all(o.metrics["faithfulness_psnr"] is None for o in outs)
-    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 1}, image_size=24)
-    assert _sizes(AugmentModel(req, "cpu")(items_for(req, 0), [None])) == [(24, 24)]
-
-
-def test_img2img_variants(ddim_dir: Path) -> None:
-    req = make_request(ddim_dir, {"kind": "img2img", "variants": 3, "strength": 0.5})
-    model = AugmentModel(req, "cpu")
-    items = items_for(req, 2)
-    srcs = [_photo(21, 13, seed=0)] * 3 + [_photo(40, 30, seed=1)] * 3
+def _pngs(model: AugmentModel, items: Sequence[WorkItem], srcs: Sequence[Any]) -> list[bytes]:
     outs = model(items, srcs)
-    _ok(outs)
-    assert _sizes(outs) == [(16, 16)] * 6
-    assert len({o.png for o in outs}) == 6  # every variant differs
-    assert all(o.metrics["faithfulness_psnr"] > 0 for o in outs)
-    assert model.expected_size((21, 13)) == (16, 16)
+    assert [o.error for o in outs] == [None] * len(outs)
+    return [o.png for o in outs if o.png is not None]
 
 
-@pytest.mark.parametrize("size", [(21, 13), (16, 16), (5, 3)])
-def test_denoise_keeps_any_size(ddpm_dir: Path, size: tuple[int, int]) -> None:
-    req = make_request(ddpm_dir, {"kind": "denoise", "noise_level": 25})
-    model = AugmentModel(req, "cpu")
-    outs = model(items_for(req, 2), [_photo(*size), _photo(*size, seed=3)])
-    _ok(outs)
-    assert _sizes(outs) == [size] * 2
-    assert model.expected_size(size) == size
-
-
-@pytest.mark.parametrize("factor", [2, 4])
-def test_upscale_sizes(ddpm_dir: Path, factor: int) -> None:
-    req = make_request(ddpm_dir, {"kind": "upscale", "factor": factor, "strength": 0.3})
-    model = AugmentModel(req, "cpu")
-    srcs = [_photo(11, 7), _photo(8, 8), _photo(11, 7, seed=5)]  # mixed sizes in one call
-    outs = model(items_for(req, 3), srcs)
-    _ok(outs)
-    assert _sizes(outs) == [
-        (11 * factor, 7 * factor),
-        (8 * factor, 8 * factor),
-        (11 * factor, 7 * factor),
-    ]
-    assert model.expected_size((11, 7)) == (11 * factor, 7 * factor)
+# --- micro-batches -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -99,169 +49,252 @@ def test_upscale_sizes(ddpm_dir: Path, factor: int) -> None:
         {"kind": "upscale", "factor": 2},
     ],
 )
-def test_batch_size_never_changes_an_image(ddpm_dir: Path, operation: dict) -> None:
+def test_cpu_default_computes_each_image_alone(ddpm_dir: Path, operation: dict) -> None:
     req = make_request(ddpm_dir, operation)
     n_src = 0 if operation["kind"] == "generate" else 2
     items = items_for(req, n_src)
-    srcs = [None] * 4 if n_src == 0 else [_photo(13, 9, seed=i // 2) for i in range(len(items))]
+    srcs = [None] * 4 if n_src == 0 else [photo(13, 9, seed=i // 2) for i in range(len(items))]
     if operation["kind"] == "upscale":
-        srcs = [_photo(13, 9, seed=i) for i in range(len(items))]
+        srcs = [photo(13, 9, seed=i) for i in range(len(items))]
     model = AugmentModel(req, "cpu")
-    whole = [o.png for o in model(items, srcs)]
-    ones = [model([it], [s])[0].png for it, s in zip(items, srcs, strict=True)]
+    assert model.micro_batch == 1
+    whole = _pngs(model, items, srcs)
+    ones = [_pngs(model, [it], [s])[0] for it, s in zip(items, srcs, strict=True)]
     assert whole == ones
-    again = [o.png for o in AugmentModel(req, "cpu")(items[::-1], srcs[::-1])][::-1]
+    again = _pngs(AugmentModel(req, "cpu"), items[::-1], srcs[::-1])[::-1]
     assert again == whole  # a fresh actor, other order: same bytes
 
 
-def test_batched_mode_runs(ddpm_dir: Path) -> None:
-    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 4})
-    outs = AugmentModel(req, "cpu", batch_invariant=False)(items_for(req, 0), [None] * 4)
-    _ok(outs)
+def test_micro_batches_have_a_fixed_composition(ddpm_dir: Path) -> None:
+    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 5}, compute={"micro_batch": 2})
+    model = AugmentModel(req, "cpu")
+    assert model.micro_batch == 2 and model.speed_settings["micro_batch"] == 2
+    rows: list[int] = []
+    model.task_pipeline.unet.register_forward_pre_hook(
+        lambda _m, args: rows.append(args[0].shape[0])
+    )
+    items = items_for(req, 0)
+    whole = _pngs(model, items, [None] * 5)
+    assert set(rows) == {2, 1} and rows.count(1) == 4  # [0,1] [2,3] [4], 4 steps each
+    # the same call splits the same way every time, on every worker: same bytes
+    assert _pngs(model, items[:2], [None] * 2) + _pngs(model, items[2:4], [None] * 2) == whole[:4]
+    assert len(set(whole)) == 5
 
 
 def test_different_seeds_differ(ddpm_dir: Path) -> None:
     a = make_request(ddpm_dir, {"kind": "generate", "num_images": 2}, seed=1)
     b = make_request(ddpm_dir, {"kind": "generate", "num_images": 2}, seed=2)
-    pa = [o.png for o in AugmentModel(a, "cpu")(items_for(a, 0), [None] * 2)]
-    pb = [o.png for o in AugmentModel(b, "cpu")(items_for(b, 0), [None] * 2)]
+    pa = _pngs(AugmentModel(a, "cpu"), items_for(a, 0), [None] * 2)
+    pb = _pngs(AugmentModel(b, "cpu"), items_for(b, 0), [None] * 2)
     assert pa[0] != pa[1]
     assert not set(pa) & set(pb)
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULER_CLASSES))
-@pytest.mark.parametrize("kind", ["generate", "img2img"])
-def test_every_scheduler_runs(ddpm_dir: Path, scheduler: str, kind: str) -> None:
-    op = (
-        {"kind": "generate", "num_images": 2}
-        if kind == "generate"
-        else {"kind": "img2img", "variants": 2}
-    )
-    req = make_request(ddpm_dir, op, scheduler=scheduler)
-    model = AugmentModel(req, "cpu")
-    assert model.scheduler_name == scheduler
-    srcs = [None, None] if kind == "generate" else [_photo(16, 16)] * 2
-    outs = model(items_for(req, 1), srcs)
-    _ok(outs)
-    assert not any(o.metrics["has_nan"] for o in outs)
-
-
-def test_nan_model_flags_and_still_writes(nan_dir: Path) -> None:
-    req = make_request(nan_dir, {"kind": "generate", "num_images": 2})
-    outs = AugmentModel(req, "cpu")(items_for(req, 0), [None] * 2)
-    _ok(outs)
-    assert all(o.metrics["has_nan"] for o in outs)
-
-
-def test_black_model_is_blank(black_dir: Path) -> None:
-    req = make_request(black_dir, {"kind": "generate", "num_images": 2})
-    outs = AugmentModel(req, "cpu")(items_for(req, 0), [None] * 2)
-    _ok(outs)
-    assert all(o.metrics["is_blank"] and o.metrics["pixel_std"] == 0 for o in outs)
-
-
-def test_class_conditional(class_cond_dir: Path) -> None:
-    req = make_request(
-        class_cond_dir, {"kind": "generate", "num_images": 2, "class_labels": [0, 2]}
-    )
-    model = AugmentModel(req, "cpu")
-    items = items_for(req, 0)
-    assert [it.class_label for it in items] == [0, 2]
-    outs = model(items, [None, None])
-    _ok(outs)
-    relabelled = [items[0].model_copy(update={"class_label": 1})]
-    assert model(relabelled, [None])[0].png != outs[0].png  # the label reaches the UNet
-    with pytest.raises(RequestError, match="class-conditional"):
-        AugmentModel(make_request(class_cond_dir, {"kind": "generate", "num_images": 1}), "cpu")
-    with pytest.raises(RequestError, match="outside"):
-        AugmentModel(
-            make_request(
-                class_cond_dir, {"kind": "generate", "num_images": 1, "class_labels": [3]}
-            ),
-            "cpu",
-        )
-    with pytest.raises(ModelLoadError, match="not supported"):
-        AugmentModel(make_request(class_cond_dir, {"kind": "denoise"}), "cpu")
-
-
-def test_request_mismatches_are_refused(ddpm_dir: Path) -> None:
-    with pytest.raises(RequestError, match="unconditional"):
-        AugmentModel(
-            make_request(ddpm_dir, {"kind": "generate", "num_images": 1, "class_labels": [0]}),
-            "cpu",
-        )
-    with pytest.raises(RequestError, match="no text prompt"):
-        AugmentModel(make_request(ddpm_dir, {"kind": "img2img", "prompt": "a cat"}), "cpu")
-    with pytest.raises(RequestError, match="steps"):
-        AugmentModel(
-            make_request(ddpm_dir, {"kind": "generate", "num_images": 1}, steps=500), "cpu"
-        )
+# --- failures ----------------------------------------------------------------------------------------
 
 
 def test_missing_source_is_an_item_error(ddpm_dir: Path) -> None:
     req = make_request(ddpm_dir, {"kind": "denoise"})
-    outs = AugmentModel(req, "cpu")(items_for(req, 3), [_photo(8, 8), None, _photo(9, 9)])
+    outs = AugmentModel(req, "cpu")(items_for(req, 3), [photo(8, 8), None, photo(9, 9)])
     assert [o.error is None for o in outs] == [True, False, True]
-    assert outs[1].png is None and "no source" in outs[1].error
+    assert outs[1].png is None and "no source" in (outs[1].error or "")
 
 
 def test_one_failing_item_does_not_sink_the_batch(ddpm_dir: Path, monkeypatch) -> None:
-    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 3})
-    model = AugmentModel(req, "cpu", batch_invariant=False)
+    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 3}, compute={"micro_batch": 3})
+    model = AugmentModel(req, "cpu")
     items = items_for(req, 0)
     real = model._run_chunk
 
     def flaky(chunk_items, chunk_sources):
         if any(it.row_id == items[1].row_id for it in chunk_items):
-            raise RuntimeError("CUDA out of memory (simulated)")
+            raise RuntimeError("broken item (simulated)")
         return real(chunk_items, chunk_sources)
 
     monkeypatch.setattr(model, "_run_chunk", flaky)
     outs = model(items, [None] * 3)
     assert outs[0].error is None and outs[2].error is None
-    assert "out of memory" in outs[1].error
+    assert "broken item" in (outs[1].error or "")
+    assert model.micro_batch == 3  # not an out-of-memory error: the micro-batch stays
 
 
-def test_models_import_neither_prefect_nor_ray() -> None:
+def test_cuda_oom_halves_the_micro_batch_and_retries(ddpm_dir: Path) -> None:
+    req = make_request(
+        ddpm_dir, {"kind": "generate", "num_images": 4}, steps=2, compute={"micro_batch": 4}
+    )
+    model = AugmentModel(req, "cpu")
+    rows: list[int] = []
+
+    def oom_once_above_two(_m: torch.nn.Module, args: tuple) -> None:
+        rows.append(args[0].shape[0])
+        if len(rows) == 1 and args[0].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model.task_pipeline.unet.register_forward_pre_hook(oom_once_above_two)
+    items = items_for(req, 0)
+    outs = model(items, [None] * 4)
+    assert [o.error for o in outs] == [None] * 4
+    assert all(png_size(o.png) == (16, 16) for o in outs)
+    assert rows[0] == 4 and set(rows[1:]) == {2}  # every later call used the halved size
+    assert model.micro_batch == 2
+    more = model(items, [None] * 4)  # the next call starts at the lowered size
+    assert [o.error for o in more] == [None] * 4 and set(rows[1:]) == {2}
+
+
+# --- layers ------------------------------------------------------------------------------------------
+
+
+def test_models_import_neither_prefect_nor_ray_nor_later_layers() -> None:
+    """Layers run schemas -> models -> tasks -> flows: no module under models/ imports tasks/,
+    flows/, Prefect or Ray, not even lazily inside a function (checked on the source)."""
+    banned = ("augflow.tasks", "augflow.flows", "prefect", "ray")
+    found = []
+    for path in sorted(MODELS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            found += [
+                f"{path.relative_to(MODELS)}: {n}"
+                for n in names
+                if any(n == b or n.startswith(b + ".") for b in banned)
+            ]
+    assert found == []
     code = (
         "import sys, augflow.models.runner, augflow.models.metrics, augflow.models.loading; "
-        "bad = [m for m in ('prefect', 'ray') if m in sys.modules]; "
-        "assert not bad, bad"
+        "bad = [m for m in ('prefect', 'ray', 'augflow.tasks', 'augflow.flows') "
+        "if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize(
-    ("task", "operation", "size", "out"),
-    [
-        ("denoise", {"kind": "denoise", "noise_level": 15}, (21, 13), (21, 13)),
-        ("upscale", {"kind": "upscale", "factor": 2}, (11, 7), (22, 14)),
-        ("upscale", {"kind": "upscale", "factor": 4}, (5, 4), (20, 16)),
-    ],
-)
-def test_sr3_pipeline_branch(tmp_path: Path, task, operation, size, out) -> None:
-    pytest.importorskip("augflow.models.sr3")
-    from dummy_models import make_tiny_sr3
+def test_models_read_no_environment_variable() -> None:
+    """Whatever can change output bytes is a request field (hashed); models/ reads no
+    environment variable that could change them behind the hash."""
+    readers = []
+    for path in sorted(MODELS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute):
+                name, line = node.attr, node.lineno
+            elif isinstance(node, ast.Name):
+                name, line = node.id, node.lineno
+            else:
+                continue
+            if name in ("environ", "environb", "getenv"):
+                readers.append(f"{path.relative_to(MODELS)}:{line}")
+    assert readers == []
 
-    folder = make_tiny_sr3(tmp_path / task, task=task)
-    req = make_request(folder, operation, steps=2)
+
+# --- dispatch, and the worked example of adding a family ----------------------------------------------
+
+
+@pytest.fixture
+def own_registries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registrations in a test stay in that test."""
+    monkeypatch.setattr(runner, "_families", list(runner._families))
+    monkeypatch.setattr(loading, "_registered_pipelines", dict(loading._registered_pipelines))
+
+
+class NearestUpscalePipeline(DiffusionPipeline):
+    """A weightless 'model' augflow does not ship: nearest-neighbour upscaling by ``factor``."""
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        self.register_to_config(factor=int(factor))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        f = int(self.config.factor)
+        return images.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+
+class NearestUpscaleFamily:
+    """Its family: the whole Family protocol (families/base.py) in twenty lines."""
+
+    name: ClassVar[str] = "nearest"
+    summary: ClassVar[str] = "upscale with NearestUpscalePipeline"
+
+    @classmethod
+    def matches(cls, pipeline: Any) -> bool:
+        return isinstance(pipeline, NearestUpscalePipeline)
+
+    def __init__(self, ctx: ModelContext) -> None:
+        self.ctx = ctx
+        self.pipe: Any = ctx.pipeline
+        self.factor = int(self.pipe.config.factor)
+        self.steps: int = 1  # no sampling loop
+
+    def check(self) -> None:
+        op = self.ctx.op
+        if not isinstance(op, UpscaleOp):
+            raise ModelLoadError(f"{self.ctx.model_id!r} only upscales, not {op.kind!r}")
+        if op.factor != self.factor:
+            raise RequestError("operation.factor", f"this model upscales x{self.factor} only")
+
+    def expected_size(self, source_size: tuple[int, int] | None) -> tuple[int, int]:
+        if source_size is None:
+            raise ValueError("upscale needs the source size")
+        return source_size[0] * self.factor, source_size[1] * self.factor
+
+    def compute(
+        self,
+        items: Sequence[WorkItem],
+        sources: Sequence[Image.Image | None],
+        generators: list[torch.Generator],
+    ) -> Computed:
+        srcs = present(sources)
+        return Computed(self.pipe(pil_to_tensor(srcs)), list(srcs))
+
+
+def test_a_new_family_is_registered_and_dispatched(own_registries: None, tmp_path: Path) -> None:
+    # 1. the model: a pipeline folder saved like any other
+    folder = tmp_path / "nearest"
+    NearestUpscalePipeline(factor=2).save_pretrained(folder)
+    req = make_request(folder, {"kind": "upscale", "factor": 2})
+    # augflow never imports a pipeline class named by a model folder...
+    with pytest.raises(ModelLoadError, match="never loaded from a model folder"):
+        AugmentModel(req, "cpu")
+    # 2. ...until this process registers it; without a family it loads but nothing runs it
+    register_pipeline_class("NearestUpscalePipeline", NearestUpscalePipeline)
+    with pytest.raises(ModelLoadError, match=r"not supported; supported: .*unet"):
+        AugmentModel(req, "cpu")
+    # 3. the family goes in front of the built-ins; first match wins
+    register_family(NearestUpscaleFamily)
+    register_family(NearestUpscaleFamily)  # idempotent
+    assert registered_families()[0] is NearestUpscaleFamily
+    assert registered_families().count(NearestUpscaleFamily) == 1
     model = AugmentModel(req, "cpu")
-    assert model.family == "sr3"
-    srcs = [_photo(*size), _photo(*size, seed=1)]
-    outs = model(items_for(req, 2), srcs)
-    _ok(outs)
-    assert _sizes(outs) == [out, out]
-    assert [o.png for o in outs] == [
-        model([it], [s])[0].png for it, s in zip(items_for(req, 2), srcs, strict=True)
-    ]
+    assert model.family.name == "nearest" and model.steps == 1
+    # 4. the runner does the rest for it: micro-batches, PNGs, per-row metrics
+    src = photo(5, 3)
+    out = model(items_for(req, 1), [src])[0]
+    assert out.error is None and out.png is not None and out.metrics is not None
+    img = np.asarray(Image.open(io.BytesIO(out.png)))
+    assert img.shape == (6, 10, 3) and np.array_equal(img[::2, ::2], np.asarray(src))
+    assert (out.metrics["width"], out.metrics["height"]) == (10, 6)
+    assert out.metrics["faithfulness_psnr"] == PSNR_CAP_DB  # exactly the source, scaled
+    # and its check() refuses what the model cannot do, before any work
+    with pytest.raises(RequestError) as e:
+        AugmentModel(make_request(folder, {"kind": "upscale", "factor": 4}), "cpu")
+    assert e.value.field == "operation.factor"
 
 
-def test_sr3_refuses_the_wrong_task(tmp_path: Path) -> None:
-    pytest.importorskip("augflow.models.sr3")
-    from dummy_models import make_tiny_sr3
+def test_a_family_returning_the_wrong_shape_fails_the_item(
+    own_registries: None, tmp_path: Path
+) -> None:
+    class OneChannel(NearestUpscaleFamily):
+        name: ClassVar[str] = "one-channel"
 
-    folder = make_tiny_sr3(tmp_path / "den", task="denoise")
-    with pytest.raises(ModelLoadError, match="trained for 'denoise'"):
-        AugmentModel(make_request(folder, {"kind": "upscale", "factor": 2}), "cpu")
-    with pytest.raises(ModelLoadError, match="not supported for operation 'generate'"):
-        AugmentModel(make_request(folder, {"kind": "generate", "num_images": 1}), "cpu")
+        def compute(self, items, sources, generators) -> Computed:
+            c = super().compute(items, sources, generators)
+            return Computed(c.images[:, :1], c.references)
+
+    folder = tmp_path / "nearest"
+    NearestUpscalePipeline(factor=2).save_pretrained(folder)
+    register_pipeline_class("NearestUpscalePipeline", NearestUpscalePipeline)
+    register_family(OneChannel)
+    req = make_request(folder, {"kind": "upscale", "factor": 2})
+    out = AugmentModel(req, "cpu")(items_for(req, 1), [photo(4, 4)])[0]
+    assert out.png is None and "expected (1, 3, H, W)" in (out.error or "")

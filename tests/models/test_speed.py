@@ -1,0 +1,64 @@
+"""Speed settings (models/speed.py): the request's compute section resolved per device, and what
+apply_speedups does to a real (tiny) Stable Diffusion pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dummy_models import items_for, make_request, png_size
+
+from augflow.models.runner import AugmentModel
+from augflow.models.speed import SpeedOptions
+from augflow.schemas.request import ComputeSpec
+
+
+def test_defaults_per_device() -> None:
+    cpu = SpeedOptions.resolve(ComputeSpec(), "cpu")
+    assert (cpu.micro_batch, cpu.channels_last, cpu.compile_backend) == (1, False, None)
+    cuda = SpeedOptions.resolve(ComputeSpec(), "cuda:0")
+    assert (cuda.micro_batch, cuda.channels_last, cuda.compile_backend) == (8, True, None)
+
+
+def test_request_values_win_over_defaults() -> None:
+    spec = ComputeSpec(micro_batch=3, channels_last=False, compile="inductor")
+    cuda = SpeedOptions.resolve(spec, "cuda")
+    assert (cuda.micro_batch, cuda.channels_last, cuda.compile_backend) == (3, False, "inductor")
+    cpu = SpeedOptions.resolve(ComputeSpec(channels_last=True), "cpu")
+    assert cpu.channels_last and cpu.micro_batch == 1
+
+
+def test_compute_is_part_of_the_request_hash(ddpm_dir: Path) -> None:
+    op = {"kind": "generate", "num_images": 1}
+    hashes = {
+        make_request(ddpm_dir, op, compute=c).request_hash
+        for c in ({}, {"micro_batch": 2}, {"channels_last": True}, {"compile": "eager"})
+    }
+    assert len(hashes) == 4
+
+
+def test_sdpa_attention_and_vae_slicing_by_default(sd_dir: Path) -> None:
+    model = AugmentModel(make_request(sd_dir, {"kind": "generate", "num_images": 1}), "cpu")
+    assert model.speed_settings["attention"] == ["AttnProcessor2_0"]
+    assert model.speed_settings.get("vae_slicing") is True
+    assert "channels_last" not in model.speed_settings  # off on CPU by default
+    assert "compile" not in model.speed_settings
+    assert model.speed_settings["micro_batch"] == 1
+
+
+@pytest.mark.parametrize("fixture", ["sd_dir", "ddpm_dir"])
+def test_channels_last_and_compile_run_on_cpu(request: pytest.FixtureRequest, fixture: str) -> None:
+    folder = request.getfixturevalue(fixture)
+    req = make_request(
+        folder,
+        {"kind": "generate", "num_images": 1},
+        steps=2,
+        # eager: dynamo tracing without inductor's code generation, quick on CPU
+        compute={"channels_last": True, "compile": "eager"},
+    )
+    model = AugmentModel(req, "cpu")
+    assert model.speed_settings["channels_last"] is True
+    assert model.speed_settings["compile"] == "eager"
+    assert type(model.task_pipeline.unet).__name__ == "OptimizedModule"
+    out = model(items_for(req, 0), [None])[0]
+    assert out.error is None and png_size(out.png) == (16, 16)
