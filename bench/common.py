@@ -47,12 +47,6 @@ def make_unet_model(path: str | Path) -> Path:
     return path
 
 
-def make_sleep(path: str | Path, seconds_per_batch: float, side: int = 8) -> Path:
-    from augflow.models.sleep import make_sleep_model
-
-    return make_sleep_model(path, seconds_per_batch, side)
-
-
 def steady_rate(events: list[tuple[float, int]]) -> float | None:
     """Items/s between the first and the last completion (start-up and the first unit excluded).
 

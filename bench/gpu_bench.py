@@ -155,10 +155,13 @@ def bench_augflow(folder: Path, args: argparse.Namespace, device: str) -> float:
             "steps": args.steps,
             "guidance_scale": 7.5,
             "image_size": args.size,
-            "execution": {"batch_size": args.batch_size},
+            "compute": {
+                "micro_batch": args.batch_size,
+                "compile": "inductor" if args.compile else None,
+            },
         }
     )
-    model = AugmentModel(request, device, batch_invariant=False)
+    model = AugmentModel(request, device)
     items = list(iter_work_items(request, ShardSpec(shard_id="s", index=0, first=0, count=n)))
     batches = [items[i : i + args.batch_size] for i in range(0, n, args.batch_size)]
     model(batches[0], [None] * len(batches[0]))  # warm-up (and compile, if on)
@@ -209,7 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true", help="AUGFLOW_COMPILE=1 for augflow's side")
+    p.add_argument(
+        "--compile", action="store_true", help="compile augflow's UNet (compute.compile)"
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device peak")
     args = p.parse_args(argv)
     if args.smoke:
@@ -219,8 +224,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    if args.compile:
-        os.environ["AUGFLOW_COMPILE"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(Path(tmp) / "sd", args.smoke, dtype)
         from diffusers import UNet2DConditionModel

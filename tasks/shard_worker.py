@@ -38,7 +38,7 @@ class ShardWorker:
         self.model = AugmentModel(
             request,
             device=device or request.execution.device,
-            read_uri=lambda uri: open_uri(uri).read(),
+            read_uri=_read_uri,
         )
         # One shard computes at a time: the model holds the device (and on CPU all its threads).
         self._compute_lock = threading.Lock()
@@ -47,7 +47,10 @@ class ShardWorker:
                 "operation": request.operation.model_dump(mode="json"),
                 "guidance_scale": request.guidance_scale,
                 "image_size": request.image_size,
-                "steps": request.steps,
+                # what actually ran: the model's default when the request left steps unset
+                "steps": self.model.steps,
+                "compute": request.compute.model_dump(mode="json")
+                | {"micro_batch": self.model.micro_batch},
             },
             sort_keys=True,
         )
@@ -187,7 +190,7 @@ class ShardWorker:
             "model_id": self.model.model_id,
             "model_revision": self.model.model_revision,
             "scheduler": self.model.scheduler_name,
-            "steps": self.request.steps,
+            "steps": self.model.steps,
             "params": self._params,
             "class_label": item.class_label,
             "prompt": item.prompt,
@@ -209,3 +212,9 @@ class ShardWorker:
             "stage": stage,
             "reason": reason,
         }
+
+
+def _read_uri(uri: str) -> bytes:
+    with open_uri(uri) as fh:
+        data: bytes = fh.read()
+    return data

@@ -4,7 +4,6 @@ working in CI. The numbers of a smoke run mean nothing; ``make bench`` makes the
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,4 +33,6 @@ def test_every_benchmark_runs_and_writes_its_table(tmp_path: Path, monkeypatch) 
     assert all(v["actor_peak_rss_mb"] for v in saved["memory"].values())
     assert all(0 < v["share"] < 1 for v in saved["storage"].values() if isinstance(v, dict))
     assert "## 1. Efficiency" in md and "## 3. Memory" in md
-    assert sys.executable  # the cases ran in this interpreter's environment
+    # the table is made from the measured data, not typed in
+    for variant in ("bare", "augflow", "raydata"):
+        assert f"{eff[variant]['steady_images_per_s']:.3f}" in md, variant

@@ -16,7 +16,7 @@ from PIL import Image
 
 from augflow.models.families.text import TextLatentFamily
 from augflow.models.runner import AugmentModel
-from augflow.schemas import RequestError, WorkItem, parse_request
+from augflow.schemas import RequestError, WorkItem
 from augflow.schemas.errors import ModelLoadError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,56 +111,6 @@ def test_too_few_steps_for_the_strength_names_the_field(sd_dir) -> None:
     with pytest.raises(RequestError) as e:
         AugmentModel(make_request(sd_dir, op, steps=4), "cpu")
     assert e.value.field == "operation.strength"
-
-
-# --- the request fields this family relies on (schema checks; candidates for tests/schemas) ---------
-
-
-@pytest.mark.parametrize(
-    ("op", "field", "words"),
-    [
-        (
-            {"prompt_template": "a {thing}", "class_names": ["x"]},
-            "operation.prompt_template",
-            "{label}",
-        ),
-        ({"prompt_template": "a {label}"}, "operation", "needs class_names"),
-        ({"class_names": ["a"], "class_labels": [3]}, "operation", "no entry in class_names"),
-        ({"class_names": []}, "operation.class_names", "non-empty"),
-        ({"class_names": ["a"], "prompts": ["b"]}, "operation", "not both"),
-    ],
-)
-def test_generate_text_fields_are_validated(op, field, words) -> None:
-    body = {
-        "dataset": "d",
-        "model": {"id": "m"},
-        "operation": {"kind": "generate", "num_images": 1, **op},
-    }
-    with pytest.raises(RequestError) as e:
-        parse_request(body)
-    assert e.value.field == field and words in str(e.value)
-
-
-def test_inpaint_needs_exactly_one_mask() -> None:
-    base = {"dataset": "d", "model": {"id": "m"}, "inputs": "/x"}
-    for op in ({"kind": "inpaint"}, {"kind": "inpaint", "mask": "a.png", "mask_column": "m"}):
-        with pytest.raises(RequestError, match="exactly one of mask"):
-            parse_request({**base, "operation": op})
-    with pytest.raises(RequestError) as e:
-        parse_request({**base, "operation": {"kind": "inpaint", "mask": "s3://k:s@b/m.png"}})
-    assert e.value.field == "operation.mask"
-
-
-def test_new_fields_leave_old_request_hashes_alone() -> None:
-    req = parse_request(
-        {"dataset": "d", "model": {"id": "m"}, "operation": {"kind": "generate", "num_images": 1}}
-    )
-    op = req.hashed_fields()["operation"]
-    assert "class_names" not in op and "prompt_template" not in op
-    with_names = req.model_copy(
-        update={"operation": req.operation.model_copy(update={"class_names": ["a"]})}
-    )
-    assert with_names.request_hash != req.request_hash
 
 
 # --- masks through the injected reader -------------------------------------------------------------
