@@ -38,6 +38,7 @@ def augment(request: AugmentRequest) -> RunOutcome:
             shards_skipped=len(plan.shards),
             report_uri=storage.uri(existing.quality.report_key),
             preview_uri=None,
+            skipped=plan.skipped,
         )
     results = execute_step(request, plan)
     report = validate_step(request, plan, results)
@@ -76,4 +77,5 @@ def augment(request: AugmentRequest) -> RunOutcome:
         shards_skipped=sum(r.status != "computed" for r in results),
         report_uri=report.report_uri,
         preview_uri=preview,
+        skipped=plan.skipped,
     )

@@ -77,6 +77,9 @@ def plan(
         "operation": request.operation.kind,
         "images": p.num_rows,
         "shards": len(p.shards),
+        # every object under the inputs: an input item, or a skip by a documented rule
+        "inputs": p.num_inputs,
+        "skipped": p.skipped,
         "registry_entry": storage.uri(keys.registry_entry(p.dataset, p.version)),
         "data_files": [storage.uri(layout.data_file(s.shard_id)) for s in p.shards],
     }
@@ -97,6 +100,8 @@ def plan(
     if len(p.shards) > 20:
         table.add_row("…", "", "", f"{len(p.shards) - 20} more shards")
     out.print(table)
+    for reason, n in p.skipped.items():
+        out.print(f"skipped       {n} object{'s' if n != 1 else ''}: {reason}")
     out.print(f"request hash  {p.request_hash}")
     out.print(f"registers as  {p.dataset}@{p.version} at {summary['registry_entry']}")
 
@@ -113,10 +118,16 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from augflow.flows.augment import augment
-    from augflow.schemas import AugflowError, QualityGateError
+    from augflow.schemas import AugflowError, InputError, QualityGateError, RequestError
     from augflow.tasks import progress
+    from augflow.tasks.inputs import check_inputs
 
     request = _load(request_file, output)
+    try:
+        check_inputs(request)  # bad inputs exit 2 before anything starts, as in `plan`
+    except InputError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
     try:
         bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -144,6 +155,9 @@ def run(
             console.print(f"  [red]✗[/] {line}")
         console.print(f"report: {exc.report_uri}")
         raise typer.Exit(EXIT_CHECKS_FAILED) from None
+    except (InputError, RequestError) as exc:  # found while planning: the same code as `plan`
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_BAD_REQUEST) from None
     except AugflowError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
@@ -152,6 +166,8 @@ def run(
         f"{word}: {outcome.num_rows} rows ({outcome.num_quarantined} quarantined), "
         f"{outcome.shards_computed} shards computed, {outcome.shards_skipped} reused"
     )
+    for reason, n in outcome.skipped.items():
+        console.print(f"skipped {n} input object{'s' if n != 1 else ''}: {reason}")
     if outcome.preview_uri:
         console.print(f"preview: {outcome.preview_uri}")
     if outcome.report_uri:

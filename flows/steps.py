@@ -54,7 +54,7 @@ def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult
         Storage(request.output),
         request,
         version=plan.version,
-        data_files=[r.data_file for r in results],
+        data_files=[r.data_file for r in results if r.data_file],
         expected_rows=plan.num_rows - sum(r.num_quarantined for r in results),
         num_quarantined=sum(r.num_quarantined for r in results),
         planned_items=plan.num_rows,

@@ -1,33 +1,91 @@
 """Safe image I/O and PIL <-> tensor conversion.
 
-Inputs come from users' buckets, so decoding is defensive: a format allowlist, a pixel-count limit
-checked from the header before any pixel is decoded, and one exception type with a readable reason
-that the caller turns into a quarantine row.
+Inputs come from users' buckets, so decoding is defensive. What :func:`open_image` guarantees for
+any bytes at all: it returns an RGB image or raises :class:`ImageRejected` with a readable reason
+(which the shard worker turns into a quarantine row), and nothing else escapes it.
+
+- **Content, not names**: the bytes are sniffed; a file's extension is never consulted.
+- **An allowlist of Pillow plugins** (``formats=``): only the PNG, JPEG (and its multi-picture
+  variant MPO), WEBP, BMP, TIFF and GIF parsers ever see the bytes. Anything else is named from its
+  magic number (``unsupported format: HEIC``, ``not an image: a PDF document``) without parsing it.
+- **Limits checked from the header, before any pixel is decoded**: the pixel count (a decompression
+  bomb declares a huge size in a tiny file), and, for sources, the shortest side and the aspect
+  ratio (a 1x1 pixel or a 1x4000 strip is not a picture a diffusion model can work on).
+- **One still picture per input**: an animation (GIF, APNG, animated WEBP) is refused, since which
+  frame to augment is arbitrary; an MPO's first image (the primary one: the others are previews
+  or stereo/depth companions) and a multi-page TIFF's first page are used, and noted in the row.
+- **Bounded time**: :func:`decode_within` gives every decode a deadline.
+
+No process-wide state is changed: no ``warnings.catch_warnings`` (not thread-safe), no Pillow
+globals. Pillow's own bomb check still runs inside ``Image.open`` and is reported as too large.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from augflow.schemas.errors import ImageRejected
+
 if TYPE_CHECKING:  # decoding needs no torch: the flow process decodes previews without it
     import torch
 
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "ALLOWED_FORMATS",
+    "DECODE_TIMEOUT_S",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "DecodeLimits",
+    "Decoded",
+    "ImageRejected",
+    "decode_image",
+    "decode_within",
+    "encode_png",
+    "open_image",
+    "pil_to_tensor",
+    "sniff_format",
+    "tensor_to_pil",
+    "tensor_to_uint8",
+]
+
+#: The Pillow plugins allowed to parse input bytes (``Image.open(..., formats=...)``).
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+#: Formats a decoded image may report: the JPEG plugin opens multi-picture JPEGs as ``MPO``.
+ACCEPTED_FORMATS: tuple[str, ...] = (*ALLOWED_FORMATS, "MPO")
 MAX_PIXELS = 64_000_000
+#: Bytes of one input file or Parquet cell: the encoded file is held in memory to decode it.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+#: Seconds one decode may take (a 64 MP PNG decodes in about a second on one core).
+DECODE_TIMEOUT_S = 30.0
 PNG_COMPRESS_LEVEL = 6
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
-class ImageRejected(Exception):
-    """An input could not be used as an image; ``reason`` is a short human sentence."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What an input must satisfy to be used. ``min_side``/``max_aspect_ratio`` apply to sources
+    (``quality.min_side``/``quality.max_aspect_ratio``); masks and previews keep the defaults."""
+
+    max_pixels: int = MAX_PIXELS
+    min_side: int = 1
+    max_aspect_ratio: float | None = None
+    max_bytes: int = MAX_FILE_BYTES
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An RGB image and, when a choice was made about the file (which frame, orientation), a note."""
+
+    image: Image.Image
+    note: str | None = None
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -36,53 +94,263 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.
     ``name`` is only used in messages. EXIF orientation is applied (a phone photo should look the
     way its owner sees it) and transparency is composited over white so the result is deterministic.
     """
-    limit_mp = max_pixels / 1_000_000
+    return open_image(data, name, DecodeLimits(max_pixels=max_pixels)).image
+
+
+def decode_within(
+    data: bytes, name: str, limits: DecodeLimits, timeout_s: float = DECODE_TIMEOUT_S
+) -> Decoded:
+    """:func:`open_image` with a deadline: a decode still running after ``timeout_s`` is rejected.
+
+    Python cannot stop a thread inside a C codec, so a decode past its deadline is abandoned and
+    finishes in the background; the pixel and byte limits bound what it can still cost.
+    """
+    box: list[Decoded | BaseException] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box.append(open_image(data, name, limits))
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            box.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="augflow-decode", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise ImageRejected(
+            f"{name}: decoding took longer than {timeout_s:g} s; the file is abandoned as a "
+            "possible decoder bomb"
+        )
+    result = box[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def open_image(data: bytes, name: str, limits: DecodeLimits | None = None) -> Decoded:
+    """Decode ``data`` into an RGB image within ``limits``, or raise :class:`ImageRejected`."""
+    limits = limits or DecodeLimits()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageRejected(f"{name}: not an image: got {type(data).__name__}, not bytes")
+    if len(data) == 0:
+        raise ImageRejected(f"{name}: not an image: empty file (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            f"{name}: too large: {len(data)} bytes exceeds the "
+            f"{limits.max_bytes / 2**20:g} MiB file limit"
+        )
     try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice its limit; a warning is a bomb to us.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data), formats=None)
-            fmt = img.format or "unknown"
-            if fmt not in ALLOWED_FORMATS:
-                raise ImageRejected(
-                    f"{name}: format {fmt} not allowed (allowed: {', '.join(ALLOWED_FORMATS)})"
-                )
-            w, h = img.size
-            # Checked from the header, before any pixel data is decoded.
-            if w * h > max_pixels:
-                raise ImageRejected(
-                    f"{name}: too large: {w}x{h} pixels exceeds the {limit_mp:g} MP limit"
-                )
-            if w == 0 or h == 0:
-                raise ImageRejected(f"{name}: empty image ({w}x{h})")
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        return _open(bytes(data), name, limits)
     except ImageRejected:
         raise
-    except UnidentifiedImageError:
-        raise ImageRejected(f"{name}: not an image: cannot identify image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"{name}: too large: {exc} (limit {limit_mp:g} MP)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Truncated or corrupt files surface as any of these from the codec plugins.
-        raise ImageRejected(f"{name}: corrupt image: {exc}") from None
+        # the warning only arrives as an exception where someone made warnings errors
+        raise ImageRejected(
+            f"{name}: too large: {exc} (limit {limits.max_pixels / 1e6:g} MP)"
+        ) from None
+    except Exception as exc:
+        # Every other failure comes from a codec reading hostile bytes (truncated data surfaces as
+        # OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, ... depending on
+        # the plugin). It says something about the file, never about augflow: quarantine it.
+        kind = sniff_format(data) or "image"
+        raise ImageRejected(f"{name}: corrupt {kind}: {type(exc).__name__}: {exc}") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
+def _open(data: bytes, name: str, limits: DecodeLimits) -> Decoded:
+    try:
+        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected(f"{name}: {_unidentified(data)}") from None
+    fmt = img.format or "unknown"
+    if fmt not in ACCEPTED_FORMATS:  # cannot happen with formats=, kept as the invariant's guard
+        raise ImageRejected(f"{name}: unsupported format: {fmt}")
+    _check_size(img.size, name, limits)
+    note = _frames(img, fmt, name)
+    img.load()
+    img, exif_note = _orient(img)
+    rgb = _to_rgb(img, name)
+    notes = [n for n in (note, exif_note) if n]
+    return Decoded(rgb, "; ".join(notes) or None)
+
+
+def _check_size(size: tuple[int, int], name: str, limits: DecodeLimits) -> None:
+    """Refuse from the header's declared size, before any pixel is decoded."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageRejected(f"{name}: empty image ({w}x{h})")
+    if w * h > limits.max_pixels:
+        raise ImageRejected(
+            f"{name}: too large: {w}x{h} pixels exceeds the {limits.max_pixels / 1e6:g} MP limit"
+        )
+    if min(w, h) < limits.min_side:
+        raise ImageRejected(
+            f"{name}: too small: {w}x{h} pixels; the shortest side must be at least "
+            f"{limits.min_side} px (quality.min_side)"
+        )
+    ratio = max(w, h) / min(w, h)
+    if limits.max_aspect_ratio is not None and ratio > limits.max_aspect_ratio:
+        raise ImageRejected(
+            f"{name}: too elongated: {w}x{h} pixels has an aspect ratio of {ratio:.4g}:1, above "
+            f"{limits.max_aspect_ratio:g}:1 (quality.max_aspect_ratio)"
+        )
+
+
+def _frames(img: Image.Image, fmt: str, name: str) -> str | None:
+    """Refuse animations; note which picture of a multi-picture file is used."""
+    if fmt == "MPO":
+        n = int(getattr(img, "n_frames", 1))  # from the MP index in the header: cheap
+        return f"MPO multi-picture JPEG: the first of {n} images is used" if n > 1 else None
+    # is_animated looks at most one frame ahead, unlike n_frames, which walks every frame.
+    if not getattr(img, "is_animated", False):
+        return None
+    if fmt == "TIFF":
+        return "multi-page TIFF: the first page is used"
+    raise ImageRejected(
+        f"{name}: unsupported format: {fmt} (animated); only still images are augmented, "
+        "extract the frame you want"
+    )
+
+
+def _orient(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """Apply the EXIF orientation; an unreadable EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(img), None
+    except Exception as exc:  # a malformed EXIF block must not cost the picture
+        return img, f"EXIF orientation unreadable ({type(exc).__name__}); used as stored"
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale to 8 bit instead of letting convert() clip at 255.
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8).convert("RGB")
-    return img.convert("RGB")
+    try:
+        if mode in _ALPHA_MODES or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        if mode in _INT_MODES:
+            # 16/32-bit greyscale: scale to 8 bit instead of letting convert() clip at 255.
+            arr = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            arr8 = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(arr8).convert("RGB")
+        if mode == "F":
+            # float greyscale: [0, 1] data is scaled, anything else clipped to 0..255; NaN/inf is 0.
+            arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            scale = 255.0 if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0 else 1.0
+            arr8 = np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+            return Image.fromarray(arr8).convert("RGB")
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageRejected(f"{name}: unsupported pixel mode {mode}: {exc}") from None
+
+
+# --- naming what Pillow may not parse ------------------------------------------------------------
+
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "TIFF"),
+    (b"MM\x00+", 0, "TIFF"),
+)
+_OTHER_IMAGES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x00\x00\x01\x00", 0, "ICO"),
+    (b"\x00\x00\x02\x00", 0, "CUR"),
+    (b"8BPS", 0, "PSD"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", 0, "JPEG XL"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"qoif", 0, "QOI"),
+    (b"icns", 0, "ICNS"),
+    (b"DDS ", 0, "DDS"),
+    (b"\x76\x2f\x31\x01", 0, "OpenEXR"),
+    (b"#?RADIANCE", 0, "Radiance HDR"),
+    (b"\x0a\x05\x01\x08", 0, "PCX"),
+)
+_NOT_IMAGES: tuple[tuple[bytes, int, str], ...] = (
+    (b"%PDF", 0, "a PDF document"),
+    (b"PAR1", 0, "a Parquet file (Parquet inputs are read by their .parquet name)"),
+    (b"PK\x03\x04", 0, "a ZIP archive"),
+    (b"\x1f\x8b", 0, "a gzip file"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7z archive"),
+    (b"Rar!", 0, "a RAR archive"),
+    (b"ustar", 257, "a tar archive"),
+    (b"\x7fELF", 0, "an executable"),
+    (b"MZ", 0, "a Windows executable"),
+    (b"SQLite format 3\x00", 0, "an SQLite database"),
+    (b"\x93NUMPY", 0, "a NumPy array (.npy)"),
+    (b"ID3", 0, "an MP3 audio file"),
+    (b"OggS", 0, "an Ogg media file"),
+    (b"\x1a\x45\xdf\xa3", 0, "a Matroska/WebM video"),
+)
+_FTYP_BRANDS = {
+    b"heic": "unsupported format: HEIC",
+    b"heix": "unsupported format: HEIC",
+    b"heim": "unsupported format: HEIC",
+    b"heis": "unsupported format: HEIC",
+    b"hevc": "unsupported format: HEIC (sequence)",
+    b"mif1": "unsupported format: HEIF",
+    b"msf1": "unsupported format: HEIF (sequence)",
+    b"avif": "unsupported format: AVIF",
+    b"avis": "unsupported format: AVIF (sequence)",
+}
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The allowed format ``data`` claims by its magic number (``"PNG"``, ...), else None."""
+    head = bytes(data[:16])
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and head[6:10] == b"\0\0\0\0":  # the reserved field is zero
+        return "BMP"
+    for magic, offset, kind in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return kind
+    return None
+
+
+def _unidentified(data: bytes) -> str:
+    """Why no allowed plugin could open ``data``: named from its first bytes, never parsed."""
+    claimed = sniff_format(data)
+    if claimed is not None:
+        return f"corrupt {claimed}: it starts like a {claimed} file but its header cannot be read"
+    head = bytes(data[:512])
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _FTYP_BRANDS:
+            return _FTYP_BRANDS[brand]
+        return f"not an image: an ISO media file (brand {brand.decode('latin-1')!r}), e.g. a video"
+    if head[:4] == b"RIFF":
+        return f"not an image: a RIFF file of type {head[8:12].decode('latin-1')!r} (not WEBP)"
+    for magic, offset, kind in _OTHER_IMAGES:
+        if head[offset : offset + len(magic)] == magic:
+            return f"unsupported format: {kind}"
+    if len(head) > 2 and head[:1] == b"P" and head[1:2] in b"123456" and head[2:3].isspace():
+        return "unsupported format: PNM (PBM/PGM/PPM)"
+    for magic, offset, what in _NOT_IMAGES:
+        if head[offset : offset + len(magic)] == magic:
+            return f"not an image: {what}"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "unsupported format: SVG (vector graphics; rasterise it first)"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "not an image: an HTML page"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = None
+    if decoded is not None and all(c.isprintable() or c in "\t\r\n" for c in decoded):
+        return "not an image: text"
+    return f"not an image: unrecognised content (starts with {head[:8].hex(' ')})"
+
+
+# --- encoding and tensors --------------------------------------------------------------------------
 
 
 def encode_png(img: Image.Image) -> bytes:

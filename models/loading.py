@@ -146,9 +146,63 @@ def _check_local_folder(path: Path) -> Path:
 
 def _read_index(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / "model_index.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelLoadError(f"{folder}/model_index.json cannot be read as JSON: {exc}") from None
+    return check_index(index, f"{folder}/model_index.json")
+
+
+def check_index(index: Any, where: str) -> dict[str, Any]:
+    """``index`` if it has the shape of a diffusers model_index.json, else a ModelLoadError naming
+    the field: a JSON object whose ``_class_name`` is the pipeline class name."""
+    if not isinstance(index, dict):
+        raise ModelLoadError(
+            f"{where} must be a JSON object naming the pipeline class and its components, "
+            f"not a JSON {type(index).__name__}"
+        )
+    name = index.get("_class_name")
+    if not isinstance(name, str) or not name.strip():
+        got = "missing" if name is None else f"{type(name).__name__} {json.dumps(name)[:80]}"
+        raise ModelLoadError(
+            f"{where}: field `_class_name` must be the pipeline class name as a string "
+            f'(e.g. "DDIMPipeline"); it is {got}'
+        )
+    return index
+
+
+def _check_components(cls: type, index: dict[str, Any], where: str) -> None:
+    """Every component the pipeline class takes is named as ``[library, ClassName]`` (or
+    ``[null, null]`` for an optional one), so a malformed entry is refused by name here rather than
+    as an error from deep inside ``from_pretrained``."""
+    signature_keys = getattr(cls, "_get_signature_keys", None)
+    if signature_keys is None:
+        return
+    expected, _ = signature_keys(cls)
+    optional = set(getattr(cls, "_optional_components", None) or [])
+    for comp in expected:
+        value = index.get(comp)
+        if value is None:
+            if comp in optional:
+                continue
+            raise ModelLoadError(
+                f"{where}: model_index.json has no `{comp}` component, which {cls.__name__} "
+                f'needs (as ["library", "ClassName"])'
+            )
+        ok = (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(x is None or isinstance(x, str) for x in value)
+            and (value[0] is None) == (value[1] is None)
+        )
+        if not ok:
+            raise ModelLoadError(
+                f'{where}: model_index.json field `{comp}` must be ["library", "ClassName"]; '
+                f"it is {json.dumps(value)[:80]}"
+            )
+        if value[0] is None and comp not in optional:
+            raise ModelLoadError(
+                f"{where}: model_index.json field `{comp}` is empty, but {cls.__name__} needs it"
+            )
 
 
 def _components(index: dict[str, Any]) -> list[str]:
@@ -217,7 +271,13 @@ def _hub_model_index(spec: ModelSpec) -> dict[str, Any]:
         ) from None
     except OSError as exc:  # connection errors (requests/httpx) subclass OSError or wrap in it
         raise ModelLoadError(f"{unreachable} ({type(exc).__name__})") from None
-    return json.loads(Path(index_file).read_text())
+    try:
+        index = json.loads(Path(index_file).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ModelLoadError(
+            f"hub model {spec.id!r}: model_index.json is not JSON: {exc}"
+        ) from None
+    return check_index(index, f"hub model {spec.id!r}: model_index.json")
 
 
 # --- classes and loading -------------------------------------------------------------------------
@@ -251,8 +311,8 @@ def resolve_pipeline_class(class_name: str | None, where: str) -> type[Diffusion
     this process registered."""
     from diffusers import DiffusionPipeline
 
-    if not class_name:
-        raise ModelLoadError(f"{where}: model_index.json has no _class_name")
+    if not isinstance(class_name, str) or not class_name:
+        raise ModelLoadError(f"{where}: model_index.json field `_class_name` must be a string")
     if class_name in _registered_pipelines:
         return _registered_pipelines[class_name]
     if class_name in AUGFLOW_PIPELINES:
@@ -299,6 +359,7 @@ def _from_pretrained(
     revision: str | None = None,
 ) -> Any:
     cls = resolve_pipeline_class(index.get("_class_name"), where)
+    _check_components(cls, index, where)
     _check_component_libraries(index, where)
     kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype}
     if importlib.util.find_spec("accelerate") is None:
@@ -316,13 +377,17 @@ def _from_pretrained(
         return cls.from_pretrained(str(source), **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        # A model folder is user data: a malformed component config surfaces from diffusers as
+        # any of these, and is a refusal of that model, not a crash.
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "safetensors" in msg.lower() or "pytorch_model.bin" in msg:
             raise ModelLoadError(
                 f"{where}: no safetensors weights could be loaded ({msg}); convert the model to "
                 "safetensors (save_pretrained(..., safe_serialization=True))"
             ) from None
+        if not isinstance(exc, (OSError, ValueError)):
+            msg = f"{type(exc).__name__}: {msg}"
         raise ModelLoadError(f"{where}: the pipeline could not be loaded: {msg}") from None
     finally:
         if bars:

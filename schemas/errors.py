@@ -5,6 +5,8 @@ Messages say what was wrong *and what to do about it*, naming the field, file or
     AugflowError
      ├── RequestError            a request field is invalid (raised before any model loads)
      ├── InputError              an input source cannot be listed or read as a whole
+     ├── ImageRejected           one input is not a usable image; caught where it is raised and
+     │                           turned into a quarantine row with its reason, never shown as an error
      ├── ModelLoadError          a model cannot be loaded safely (missing, pickle-only, remote code)
      ├── StorageError            the object store refused or failed an operation
      │    └── CommitConflictError   an exclusive create found different content already there
@@ -38,6 +40,17 @@ class RequestError(AugflowError, ValueError):
 
 class InputError(AugflowError):
     """An input source (folder, prefix, Parquet dataset, registered version) cannot be used."""
+
+
+class ImageRejected(AugflowError):
+    """One input could not be used as an image; ``reason`` is a short human sentence.
+
+    The shard worker turns it into a quarantine row, so it never ends a run.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class ModelLoadError(AugflowError):

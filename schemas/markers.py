@@ -21,7 +21,11 @@ class CommitMarker(BaseModel):
 
     format_version: Literal[1] = MARKER_FORMAT
     shard_id: str
-    data_file: str = Field(description="key of the shard's Parquet file of output rows")
+    data_file: str | None = Field(
+        default=None,
+        description="key of the shard's Parquet file of output rows; None when every input of the "
+        "shard was quarantined (no 0-row file is ever written)",
+    )
     quarantine_file: str | None = Field(
         default=None, description="key of the shard's quarantine Parquet file, if any"
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, overload
 
-from pydantic import Field
+from pydantic import Field, GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from augflow.schemas.markers import CommitMarker
 from augflow.schemas.request import AugmentRequest, Frozen
@@ -18,6 +19,11 @@ class SourceItem(Frozen):
     source_id: str
     uri: str
     row: int | None = Field(default=None, description="row index when the source is a Parquet file")
+    rejected: str | None = Field(
+        default=None,
+        description="why the listing already knows this item cannot be used (e.g. not a regular "
+        "file); the worker quarantines it with this reason without reading it",
+    )
 
 
 class ShardSpec(Frozen):
@@ -34,11 +40,107 @@ class ShardSpec(Frozen):
         return len(self.sources) if self.sources else self.count
 
 
+class ShardRanges(Sequence[ShardSpec]):
+    """The shards of a ``generate`` plan, computed on demand: ``len`` and indexing cost O(1), so a
+    plan of many shards holds three numbers, not one object per shard (or per image).
+
+    Shard ``i`` covers images ``[i * shard_size, min((i + 1) * shard_size, num_images))``; its id
+    hashes the request hash and its range, exactly as a materialised plan would.
+    """
+
+    __slots__ = ("num_images", "request_hash", "shard_size")
+
+    def __init__(self, request_hash: str, num_images: int, shard_size: int) -> None:
+        if num_images < 0 or shard_size < 1:
+            raise ValueError(f"bad shard ranges: {num_images} images, shard_size {shard_size}")
+        self.request_hash = request_hash
+        self.num_images = num_images
+        self.shard_size = shard_size
+
+    def __len__(self) -> int:
+        return -(-self.num_images // self.shard_size)
+
+    @overload
+    def __getitem__(self, index: int) -> ShardSpec: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[ShardSpec]: ...
+    def __getitem__(self, index: int | slice) -> ShardSpec | list[ShardSpec]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        i = index + n if index < 0 else index
+        if not 0 <= i < n:
+            raise IndexError(f"shard {index} of {n}")
+        first = i * self.shard_size
+        count = min(self.shard_size, self.num_images - first)
+        return ShardSpec(shard_id=self.shard_id(first, count), index=i, first=first, count=count)
+
+    def __iter__(self) -> Iterator[ShardSpec]:
+        return (self[i] for i in range(len(self)))
+
+    def shard_id(self, first: int, count: int) -> str:
+        return derive_id(self.request_hash, "range", first, count, length=16)
+
+    def shard_ids(self) -> Iterator[str]:
+        """Every shard id, in order, without building the specs."""
+        for first in range(0, self.num_images, self.shard_size):
+            yield self.shard_id(first, min(self.shard_size, self.num_images - first))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShardRanges):
+            return NotImplemented
+        return (self.request_hash, self.num_images, self.shard_size) == (
+            other.request_hash,
+            other.num_images,
+            other.shard_size,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.request_hash, self.num_images, self.shard_size))
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardRanges({self.num_images} images, {self.shard_size} a shard, {len(self)} shards)"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_hash": self.request_hash,
+            "num_images": self.num_images,
+            "shard_size": self.shard_size,
+        }
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> ShardRanges:
+            if isinstance(value, ShardRanges):
+                return value
+            if isinstance(value, dict) and set(value) == {
+                "request_hash",
+                "num_images",
+                "shard_size",
+            }:
+                return cls(
+                    str(value["request_hash"]), int(value["num_images"]), int(value["shard_size"])
+                )
+            raise ValueError("expected ShardRanges or its JSON form")
+
+        return core_schema.no_info_plain_validator_function(
+            validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_json()),
+        )
+
+
 class ShardResult(Frozen):
-    """What a worker reports for a committed shard (paths are relative to the output root)."""
+    """What a worker reports for a committed shard (paths are relative to the output root).
+
+    ``data_file`` is None when every input of the shard was quarantined: no 0-row file exists.
+    """
 
     shard_id: str
-    data_file: str
+    data_file: str | None
     quarantine_file: str | None
     num_rows: int
     num_quarantined: int
@@ -79,15 +181,22 @@ class Plan(Frozen):
     ``carried`` are committed shards of ``base_version`` (the latest version of the same request)
     that the new version keeps without recomputing: an incremental refresh computes only sources
     that version has not seen. ``num_rows`` counts every planned row, carried ones included.
+
+    ``shards`` is a tuple for plans over inputs and a lazy :class:`ShardRanges` for ``generate``.
+    ``num_inputs`` is the number of input items the listing found (image objects plus Parquet
+    rows), ``skipped`` the objects a documented rule left out, by reason: every object under the
+    inputs is either an input item or a skip.
     """
 
     dataset: str
     request_hash: str
     version: str
-    shards: tuple[ShardSpec, ...]
+    shards: tuple[ShardSpec, ...] | ShardRanges
     num_rows: int
     base_version: str | None = None
     carried: tuple[ShardResult, ...] = ()
+    num_inputs: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict)
 
 
 class WorkItem(Frozen):
@@ -163,6 +272,8 @@ class RunOutcome(Frozen):
     shards_skipped: int
     report_uri: str | None
     preview_uri: str | None
+    #: objects under the inputs left out by a documented rule (dotfiles, ...), by reason
+    skipped: dict[str, int] = Field(default_factory=dict)
 
     @property
     def ref(self) -> str:

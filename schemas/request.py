@@ -2,32 +2,105 @@
 
 The operation is a discriminated union on ``kind``; everything that changes output bytes is part of
 the request hash, everything that only changes *how* the work runs (``execution``, ``output``) is not.
+
+A request is validated completely before anything runs: every number is finite and bounded, every
+list and string has a maximum length, URIs carry no credentials and no control characters, and a
+request file must be UTF-8 YAML or JSON of bounded size and shape (:func:`load_request`).
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import json
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from augflow.schemas.errors import DatasetRefError, RequestError
 from augflow.schemas.names import check_dataset_name, looks_like_ref, parse_ref
+
+#: Most output rows one request may plan (generate: ``num_images``; others: inputs x variants).
+MAX_IMAGES = 100_000_000
+#: Most shards one request may plan: a registry entry lists every shard file, and the driver keeps
+#: one small record per shard, so this bounds both. Raise ``shard_size`` to plan more images.
+MAX_SHARDS = 100_000
+#: Most input items (image objects + Parquet rows) one folder/prefix/version may hold; the listing
+#: keeps one small record per item, so this bounds the planner's memory (about 0.5 KB an item).
+MAX_INPUT_ITEMS = 2_000_000
+#: Longest list (prompts, class labels, class names) and longest text (prompt, template) fields.
+MAX_LIST_ITEMS = 10_000
+MAX_TEXT_CHARS = 10_000
+#: Longest URI or model id.
+MAX_URI_CHARS = 4_096
+#: Largest request file, and most YAML/JSON nodes it may expand to (aliases included).
+MAX_REQUEST_BYTES = 1024 * 1024
+MAX_REQUEST_NODES = 200_000
+#: Defaults of the degenerate-input checks (``quality.min_side``, ``quality.max_aspect_ratio``).
+DEFAULT_MIN_SIDE = 16
+DEFAULT_MAX_ASPECT_RATIO = 10.0
 
 Scheduler = Literal["ddpm", "ddim", "dpm++", "euler", "euler_a", "heun", "lms", "pndm", "unipc"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
 
+def check_plan_size(num_items: int, shard_size: int, variants: int = 1) -> None:
+    """Refuse a plan of more than :data:`MAX_IMAGES` rows or :data:`MAX_SHARDS` shards.
+
+    Raises ValueError whose message starts with the field to change (``inputs:`` or
+    ``shard_size:``), as :func:`parse_request` reports it.
+    """
+    rows = num_items * variants
+    if rows > MAX_IMAGES:
+        raise ValueError(
+            f"inputs: {num_items} inputs x {variants} variants = {rows} rows, more than the "
+            f"{MAX_IMAGES} rows one request may plan; split the inputs over several requests"
+        )
+    per_shard = max(1, shard_size // variants)
+    shards = -(-num_items // per_shard)
+    if shards > MAX_SHARDS:
+        needed = -(-num_items // MAX_SHARDS) * variants
+        raise ValueError(
+            f"shard_size: {shard_size} makes {shards} shards for {rows} rows, more than the "
+            f"{MAX_SHARDS} shards one request may plan; use shard_size >= {needed}"
+        )
+
+
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: every float of every request model is finite (YAML `.nan`/`.inf`, JSON
+    # `NaN`/`1e999` are refused where they are read, not where a comparison with them misbehaves).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+LabelId = Annotated[int, Field(ge=0, le=2**31 - 1)]  # rows store labels as int32
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+def _no_control_chars(value: str, field: str) -> str:
+    # A NUL or newline in a path or URI is never meant: it would end up in a key or a folder name.
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(
+            f"{field} contains the control character {bad!r}; paths and URIs are plain text"
+        )
+    return value
 
 
 def _no_credentials_in_uri(value: str, field: str) -> str:
+    _no_control_chars(value, field)
     if "://" in value and "@" in urlsplit(value).netloc:
         raise ValueError(
             f"{field} must not carry credentials in the URI; set them in the environment "
@@ -39,13 +112,22 @@ def _no_credentials_in_uri(value: str, field: str) -> str:
 class ModelSpec(Frozen):
     """Which diffusers model to load: a local folder or a hub id, pinned to a revision."""
 
-    id: str = Field(min_length=1, description="local folder of a diffusers pipeline, or a hub id")
+    id: str = Field(
+        min_length=1,
+        max_length=MAX_URI_CHARS,
+        description="local folder of a diffusers pipeline, or a hub id",
+    )
     revision: str | None = Field(
-        default=None, description="hub commit/tag to pin; recorded in every row"
+        default=None, max_length=256, description="hub commit/tag to pin; recorded in every row"
     )
     scheduler: Scheduler | None = Field(
         default=None, description="swap the pipeline's scheduler by name; None keeps the model's"
     )
+
+    @field_validator("id", "revision")
+    @classmethod
+    def _plain(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _no_control_chars(v, f"model.{info.field_name}")
 
 
 class GenerateOp(Frozen):
@@ -58,21 +140,26 @@ class GenerateOp(Frozen):
     """
 
     kind: Literal["generate"] = "generate"
-    num_images: int = Field(ge=1, le=100_000_000)
-    class_labels: list[int] | None = Field(
-        default=None, description="cycled over the images (class-conditional models)"
-    )
-    prompts: list[str] | None = Field(
-        default=None, description="cycled over the images (text-to-image models)"
-    )
-    class_names: list[str] | None = Field(
+    num_images: int = Field(ge=1, le=MAX_IMAGES)
+    class_labels: list[LabelId] | None = Field(
         default=None,
+        max_length=MAX_LIST_ITEMS,
+        description="cycled over the images (class-conditional models)",
+    )
+    prompts: list[Text] | None = Field(
+        default=None,
+        max_length=MAX_LIST_ITEMS,
+        description="cycled over the images (text-to-image models)",
+    )
+    class_names: list[Text] | None = Field(
+        default=None,
+        max_length=MAX_LIST_ITEMS,
         description="text-to-image: label -> name, filled into prompt_template per image",
     )
-    prompt_template: str | None = Field(
+    prompt_template: Text | None = Field(
         default=None, description="e.g. 'a photo of a {label}'; needs class_names"
     )
-    negative_prompt: str | None = None
+    negative_prompt: Text | None = None
 
     @field_validator("prompt_template")
     @classmethod
@@ -136,8 +223,8 @@ class Img2ImgOp(Frozen):
     kind: Literal["img2img"] = "img2img"
     variants: int = Field(default=4, ge=1, le=256)
     strength: float = Field(default=0.5, gt=0.0, le=1.0)
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    prompt: Text | None = None
+    negative_prompt: Text | None = None
 
 
 class DenoiseOp(Frozen):
@@ -187,12 +274,19 @@ class InpaintOp(Frozen):
     """
 
     kind: Literal["inpaint"] = "inpaint"
-    mask: str | None = Field(default=None, description="URI of a mask image (white = repaint)")
-    mask_column: str | None = Field(
-        default=None, min_length=1, description="Parquet inputs: column with one mask per row"
+    mask: str | None = Field(
+        default=None,
+        max_length=MAX_URI_CHARS,
+        description="URI of a mask image (white = repaint)",
     )
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    mask_column: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Parquet inputs: column with one mask per row",
+    )
+    prompt: Text | None = None
+    negative_prompt: Text | None = None
     strength: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @field_validator("mask")
@@ -230,6 +324,26 @@ class QualityThresholds(Frozen):
     max_quarantine_fraction: float = Field(
         default=0.1, ge=0.0, le=1.0, description="share of input items allowed in quarantine"
     )
+    min_side: int = Field(
+        default=DEFAULT_MIN_SIDE,
+        ge=1,
+        le=65_535,
+        description="px; a source whose shorter side is below is quarantined (too small to use)",
+    )
+    max_aspect_ratio: float = Field(
+        default=DEFAULT_MAX_ASPECT_RATIO,
+        ge=1.0,
+        le=1_000_000.0,
+        description="longer side / shorter side; a source beyond is quarantined (a strip)",
+    )
+
+
+#: Fields added after requests were first hashed, with their default: left out of the hash while
+#: they hold it, so every earlier request keeps its hash (and its registered version).
+_ADDED_QUALITY_DEFAULTS: dict[str, Any] = {
+    "min_side": DEFAULT_MIN_SIDE,
+    "max_aspect_ratio": DEFAULT_MAX_ASPECT_RATIO,
+}
 
 
 class ComputeSpec(Frozen):
@@ -249,6 +363,7 @@ class ComputeSpec(Frozen):
     compile: str | None = Field(
         default=None,
         min_length=1,
+        max_length=64,
         description="torch.compile the UNet with this backend ('inductor', 'eager', ...); off if unset",
     )
 
@@ -280,9 +395,16 @@ class AugmentRequest(Frozen):
     operation: Operation
     inputs: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=MAX_URI_CHARS,
         description="folder/prefix of images, a Parquet file or folder, or a registered name@version",
     )
-    output: str = Field(default="augflow-data", description="root URI of data and registry")
+    output: str = Field(
+        default="augflow-data",
+        min_length=1,
+        max_length=MAX_URI_CHARS,
+        description="root URI of data and registry",
+    )
     model: ModelSpec
     steps: int | None = Field(
         default=None, ge=1, le=1000, description="sampling steps; default: the model's own default"
@@ -341,6 +463,14 @@ class AugmentRequest(Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _bounded_plan(self) -> AugmentRequest:
+        # Generate plans are known from the request alone, so their size is refused here, before
+        # anything runs; plans over inputs are checked once the inputs are listed.
+        if self.operation.kind == "generate":
+            check_plan_size(self.operation.num_images, self.shard_size)
+        return self
+
     # --- identity -------------------------------------------------------------------------
     def hashed_fields(self) -> dict[str, Any]:
         """The fields that decide output bytes (``output`` and ``execution`` do not)."""
@@ -351,6 +481,10 @@ class AugmentRequest(Frozen):
             # earlier request keeps its hash (and its registered version)
             if key in op and op[key] is None:
                 del op[key]
+        quality = data["quality"]
+        for key, default in _ADDED_QUALITY_DEFAULTS.items():
+            if key in quality and quality[key] == default:
+                del quality[key]
         return data
 
     @functools.cached_property
@@ -369,6 +503,10 @@ class AugmentRequest(Frozen):
         if self.inputs is None or not looks_like_ref(self.inputs):
             return None
         return parse_ref(self.inputs)
+
+
+#: Model-level checks name the field they are about by starting their message with it.
+_MESSAGE_FIELDS = ("inputs", "shard_size")
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -390,8 +528,9 @@ def parse_request(data: Any) -> AugmentRequest:
         first = exc.errors()[0]
         field = _field_path(tuple(first["loc"]))
         msg = first["msg"].removeprefix("Value error, ")
-        if msg.startswith("inputs: "):
-            field, msg = "inputs", msg.removeprefix("inputs: ")
+        for named in _MESSAGE_FIELDS:
+            if msg.startswith(f"{named}: "):
+                field, msg = named, msg.removeprefix(f"{named}: ")
         if first["type"] == "extra_forbidden":
             msg = "is not a field here; check its spelling (the README lists every request field)"
         elif first["type"] == "union_tag_invalid":
@@ -407,12 +546,149 @@ def parse_request(data: Any) -> AugmentRequest:
 
 
 def load_request(path: str | Path) -> AugmentRequest:
-    """Read a YAML (or JSON) request file."""
+    """Read a request file: UTF-8 YAML, or JSON when it is named ``*.json``.
+
+    Everything a hostile or broken file can be is a :class:`RequestError` naming the file: not a
+    regular file, too large, binary, not UTF-8 (a UTF-8 byte-order mark is fine, UTF-16 is not),
+    empty, not a single mapping, duplicate keys, an alias that refers to itself or expands past
+    :data:`MAX_REQUEST_NODES` nodes (a "billion laughs"), nesting too deep for the parser.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise RequestError("request", f"request file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        st = p.stat()
+    except FileNotFoundError:
+        raise RequestError("request", f"request file {str(p)!r} does not exist") from None
+    except OSError as exc:
+        raise RequestError("request", f"request file {str(p)!r} cannot be read: {exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RequestError(
+            "request", f"request file {str(p)!r} is not a regular file; give a YAML or JSON file"
+        )
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_REQUEST_BYTES + 1)  # never more, whatever the file grew to
+    except OSError as exc:
+        raise RequestError("request", f"request file {str(p)!r} cannot be read: {exc}") from None
+    text = _request_text(raw, p)
+    data = _parse_json(text, p) if p.suffix.lower() == ".json" else _parse_yaml(text, p)
+    if data is None:
+        raise RequestError("request", f"{p} is empty; a request is a mapping of fields")
+    return parse_request(data)
+
+
+def _request_text(raw: bytes, p: Path) -> str:
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise RequestError(
+            "request",
+            f"{p} is larger than {MAX_REQUEST_BYTES // 1024} KiB; a request file is a few lines "
+            "(put long prompt lists in a smaller set of templates)",
+        )
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
+        if raw.startswith(bom):
+            raise RequestError("request", f"{p} is {name} text; save it as UTF-8")
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # what some Windows editors write; harmless
+    if b"\x00" in raw:
+        raise RequestError(
+            "request", f"{p} is a binary file (it contains NUL bytes), not a YAML or JSON request"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RequestError(
+            "request",
+            f"{p} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} cannot be "
+            "decoded (latin-1 or another encoding?); save the file as UTF-8",
+        ) from None
+
+
+def _parse_json(text: str, p: Path) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise RequestError("request", f"{p}: key {k!r} appears twice in one object")
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        raise RequestError("request", f"{p} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("request", f"{p} is nested too deeply to be a request") from None
+
+
+def _parse_yaml(text: str, p: Path) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_graph(node, p)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise RequestError("request", f"{p} is not valid YAML: {exc}") from None
-    return parse_request(data)
+    except RecursionError:
+        raise RequestError("request", f"{p} is nested too deeply to be a request") from None
+    finally:
+        loader.dispose()
+
+
+def _check_yaml_graph(root: yaml.Node, p: Path) -> None:
+    """Refuse alias cycles, alias bombs and duplicate keys before anything is constructed.
+
+    Aliases make the node graph a DAG whose expansion can be exponential in the file size; the
+    expanded size is counted once per distinct node (memoised), so this is linear in the file.
+    """
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        children = _yaml_children(node)
+        if children_done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > MAX_REQUEST_NODES:
+                raise RequestError(
+                    "request",
+                    f"{p} expands to more than {MAX_REQUEST_NODES} values (YAML aliases repeat "
+                    "what they refer to); write the request out without aliases",
+                )
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise RequestError(
+                "request", f"{p}: a YAML alias refers to a value that contains it (a cycle)"
+            )
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    ident = (k.tag, k.value)
+                    if ident in seen:
+                        raise RequestError(
+                            "request",
+                            f"{p}: key {k.value!r} appears twice in one mapping (line "
+                            f"{k.start_mark.line + 1}); keep one",
+                        )
+                    seen.add(ident)
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []

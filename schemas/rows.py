@@ -47,6 +47,8 @@ LINEAGE_FIELDS: list[pa.Field] = [
     pa.field("params", pa.string()),  # JSON: operation fields, guidance, size
     pa.field("class_label", pa.int32()),
     pa.field("prompt", pa.string()),
+    # what was made of a source that is not one plain picture (e.g. the first image of an MPO)
+    pa.field("source_note", pa.string()),
 ]
 
 _DTYPES = {

@@ -106,7 +106,12 @@ def build_entry(
     Files are sorted by key so the entry does not depend on the order shards finished in.
     """
     files = sorted(
-        (FileRef(key=r.data_file, rows=r.num_rows, bytes=r.data_bytes) for r in results),
+        # only files with rows: a fully quarantined shard has none (older runs wrote 0-row files)
+        (
+            FileRef(key=r.data_file, rows=r.num_rows, bytes=r.data_bytes)
+            for r in results
+            if r.data_file and r.num_rows
+        ),
         key=lambda f: f.key,
     )
     quarantine = sorted(

@@ -1,6 +1,13 @@
 """Process one shard end to end: read its sources, run the model, write the shard's Parquet files
 and commit them with a marker written last. Plain Python: the Ray actor in
-:mod:`augflow.tasks.execute` holds one of these, and tests can drive it directly."""
+:mod:`augflow.tasks.execute` holds one of these, and tests can drive it directly.
+
+Every work item ends as one output row or one quarantine row. A source that cannot be used (not
+an image, corrupt, too large, too small, too elongated, an animation, unreadable, rejected by the
+listing) is quarantined at the ``decode`` stage with the reason; decoding has a deadline per file.
+A shard whose every item was quarantined writes no data file (a 0-row Parquet file breaks
+readers): its marker has ``data_file: null`` and only the quarantine file.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from augflow.models.images import ImageRejected, decode_image
+from augflow.models.images import MAX_FILE_BYTES, Decoded, DecodeLimits, decode_within
 from augflow.models.runner import AugmentModel
-from augflow.schemas.errors import StorageError
+from augflow.schemas.errors import ImageRejected, StorageError
 from augflow.schemas.markers import CommitMarker
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
@@ -42,6 +49,8 @@ class ShardWorker:
         )
         # One shard computes at a time: the model holds the device (and on CPU all its threads).
         self._compute_lock = threading.Lock()
+        q = request.quality
+        self.limits = DecodeLimits(min_side=q.min_side, max_aspect_ratio=q.max_aspect_ratio)
         self._params = json.dumps(
             {
                 "operation": request.operation.model_dump(mode="json"),
@@ -66,6 +75,7 @@ class ShardWorker:
         # Reading sources and writing results happen outside the lock, so when the actor runs two
         # shards at once (max_concurrency) one computes while the other reads or uploads.
         sources = self._load_sources(shard)
+        notes = {k: v.note for k, v in sources.items() if isinstance(v, Decoded) and v.note}
         with self._compute_lock:
             for batch, images in self._batches(shard, items, sources, quarantine):
                 outputs = self.model(batch, images)
@@ -75,15 +85,18 @@ class ShardWorker:
                             self._quarantine_row(shard, item, "model", out.error or "no output")
                         )
                     else:
-                        rows.append(self._row(shard, item, out.png, out.metrics or {}))
+                        note = notes.get(item.source_id)
+                        rows.append(self._row(shard, item, out.png, out.metrics or {}, note))
         if self.request.write_image_files:
             for row in rows:
                 self.storage.write_bytes(
                     self.layout.image_file(shard.shard_id, row["row_id"]), row["image"]["bytes"]
                 )
-        data_key = self.layout.data_file(shard.shard_id)
-        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-        data_bytes = self.storage.write_parquet(data_key, table, row_group_size=256)
+        data_key, data_bytes = None, 0
+        if rows:  # never a 0-row data file: `datasets` and Ray Data fail on one
+            data_key = self.layout.data_file(shard.shard_id)
+            table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+            data_bytes = self.storage.write_parquet(data_key, table, row_group_size=256)
         q_key = None
         if quarantine:
             q_key = self.layout.quarantine_file(shard.shard_id)
@@ -109,7 +122,7 @@ class ShardWorker:
         self,
         shard: ShardSpec,
         items: list[WorkItem],
-        sources: dict[str, Image.Image | str],
+        sources: dict[str, Decoded | str],
         quarantine: list[dict[str, Any]],
     ) -> Iterator[tuple[list[WorkItem], list[Image.Image | None]]]:
         ready: list[tuple[WorkItem, Image.Image | None]] = []
@@ -117,22 +130,24 @@ class ShardWorker:
             if item.source_uri is None:
                 ready.append((item, None))
                 continue
-            img = sources[item.source_id]
-            if isinstance(img, str):
-                quarantine.append(self._quarantine_row(shard, item, "decode", img))
+            src = sources[item.source_id]
+            if isinstance(src, str):
+                quarantine.append(self._quarantine_row(shard, item, "decode", src))
             else:
-                ready.append((item, img))
+                ready.append((item, src.image))
         # One call per shard: the model splits it into micro-batches of a fixed composition
         # (compute.micro_batch), so how many workers run the shards never changes a byte.
         if ready:
             yield [c[0] for c in ready], [c[1] for c in ready]
 
-    def _load_sources(self, shard: ShardSpec) -> dict[str, Image.Image | str]:
+    def _load_sources(self, shard: ShardSpec) -> dict[str, Decoded | str]:
         """Decoded source images by id; a string in place of an image is the rejection reason."""
-        out: dict[str, Image.Image | str] = {}
+        out: dict[str, Decoded | str] = {}
         by_file: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for src in shard.sources:
-            if src.row is None:
+            if src.rejected is not None:
+                out[src.source_id] = f"{src.uri}: {src.rejected}"
+            elif src.row is None:
                 out[src.source_id] = self._decode_file(src.uri)
             else:
                 by_file[src.uri].append((src.source_id, src.row))
@@ -147,33 +162,41 @@ class ShardWorker:
                     out[sid] = f"cannot read {uri}: {type(exc).__name__}: {exc}"
                 continue
             for sid, row in wanted:
-                value = column[row].as_py()
-                data = value.get("bytes") if isinstance(value, dict) else value
+                name = f"{uri}#{row}"
+                if row >= len(column):
+                    out[sid] = f"{name}: the file has only {len(column)} rows now"
+                    continue
+                data = _cell_bytes(column[row].as_py())
                 out[sid] = (
-                    self._decode(data, f"{uri}#{row}") if data else f"{uri}#{row}: empty image cell"
+                    self._decode(data, name) if isinstance(data, bytes) else f"{name}: {data}"
                 )
         return out
 
-    def _decode_file(self, uri: str) -> Image.Image | str:
+    def _decode_file(self, uri: str) -> Decoded | str:
         try:
             with open_uri(uri) as fh:
-                data = fh.read()
+                # never more than the limit: the listing checked the size, but files change
+                data = fh.read(MAX_FILE_BYTES + 1)
         except StorageError:
             raise  # the store is down or refuses us: fail the shard (it is retried), not the row
         except Exception as exc:
             return f"cannot read {uri}: {type(exc).__name__}: {exc}"
         return self._decode(data, uri)
 
-    @staticmethod
-    def _decode(data: bytes, name: str) -> Image.Image | str:
+    def _decode(self, data: bytes, name: str) -> Decoded | str:
         try:
-            return decode_image(data, name)
+            return decode_within(data, name, self.limits)
         except ImageRejected as exc:
             return str(exc)
 
     # --- rows ---------------------------------------------------------------------------
     def _row(
-        self, shard: ShardSpec, item: WorkItem, png: bytes, metrics: dict[str, Any]
+        self,
+        shard: ShardSpec,
+        item: WorkItem,
+        png: bytes,
+        metrics: dict[str, Any],
+        note: str | None = None,
     ) -> dict[str, Any]:
         return {
             "image": {"bytes": png, "path": f"{item.row_id}.png"},
@@ -194,6 +217,7 @@ class ShardWorker:
             "params": self._params,
             "class_label": item.class_label,
             "prompt": item.prompt,
+            "source_note": note,
             **metrics,
             "status": "ok",
         }
@@ -212,6 +236,21 @@ class ShardWorker:
             "stage": stage,
             "reason": reason,
         }
+
+
+def _cell_bytes(value: Any) -> bytes | str:
+    """The bytes of a Parquet image cell, or why the cell holds none."""
+    if isinstance(value, dict):  # the Hugging Face Image struct {bytes, path}
+        data = value.get("bytes")
+        if not data:
+            path = value.get("path")
+            return f"image cell has no bytes (path {path!r} only)" if path else "empty image cell"
+        value = data
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value) if value else "empty image cell"
+    if value is None:
+        return "empty image cell"
+    return f"image cell holds {type(value).__name__}, not image bytes"
 
 
 def _read_uri(uri: str) -> bytes:

@@ -86,7 +86,7 @@ def photo_crops(n: int, size: int = 24) -> list[Image.Image]:
 
 @pytest.fixture
 def photos_dir(tmp_path: Path) -> Path:
-    """A folder of 5 real photo crops (PNG and JPEG) and one corrupt file."""
+    """A folder of 5 real photo crops (PNG and JPEG), one corrupt file and one dotfile."""
     d = tmp_path / "photos"
     (d / "sub").mkdir(parents=True)
     for i, img in enumerate(photo_crops(5)):
@@ -96,5 +96,5 @@ def photos_dir(tmp_path: Path) -> Path:
         target = d / "sub" if i == 4 else d
         (target / f"photo-{i}.{ext}").write_bytes(buf.getvalue())
     (d / "broken.png").write_bytes(b"this is not an image")
-    (d / "notes.txt").write_text("ignored: not an image extension")
+    (d / ".notes.txt").write_text("skipped by rule: a dotfile (every other file is an input)")
     return d
