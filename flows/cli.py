@@ -59,6 +59,7 @@ def plan(
 ) -> None:
     """Dry run: shards, images, output URIs and the request hash. Computes nothing."""
     from augflow.schemas import AugflowError
+    from augflow.schemas.records import variants_per_source
     from augflow.tasks import layout as keys
     from augflow.tasks.plan import plan_request
     from augflow.tasks.storage import Storage
@@ -81,15 +82,16 @@ def plan(
         "inputs": p.num_inputs,
         "skipped": p.skipped,
         "registry_entry": storage.uri(keys.registry_entry(p.dataset, p.version)),
-        "data_files": [storage.uri(layout.data_file(s.shard_id)) for s in p.shards],
+        "data_files": [storage.uri(layout.data_file(sid)) for sid in p.shard_ids()],
     }
     if as_json:
-        out.print_json(json.dumps(summary))
+        # plain json: rich's highlighter takes seconds on the 100000 URIs of a big plan
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return
     table = Table(title=f"{p.dataset}@{p.version} — {p.num_rows} images in {len(p.shards)} shards")
     for col in ("shard", "sources", "rows", "output"):
         table.add_column(col)
-    per_source = p.num_rows // max(1, sum(s.num_sources for s in p.shards))
+    per_source = variants_per_source(request)
     for s in p.shards[:20]:
         table.add_row(
             s.shard_id,

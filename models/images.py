@@ -137,8 +137,7 @@ def open_image(data: bytes, name: str, limits: DecodeLimits | None = None) -> De
         raise ImageRejected(f"{name}: not an image: empty file (0 bytes)")
     if len(data) > limits.max_bytes:
         raise ImageRejected(
-            f"{name}: too large: {len(data)} bytes exceeds the "
-            f"{limits.max_bytes / 2**20:g} MiB file limit"
+            f"{name}: too large: the file exceeds the {limits.max_bytes / 2**20:g} MiB file limit"
         )
     try:
         return _open(bytes(data), name, limits)

@@ -191,12 +191,19 @@ class Plan(Frozen):
     dataset: str
     request_hash: str
     version: str
-    shards: tuple[ShardSpec, ...] | ShardRanges
+    # left to right: a ShardRanges is taken as it is, never iterated as a candidate tuple
+    shards: ShardRanges | tuple[ShardSpec, ...] = Field(union_mode="left_to_right")
     num_rows: int
     base_version: str | None = None
     carried: tuple[ShardResult, ...] = ()
     num_inputs: int = 0
     skipped: dict[str, int] = Field(default_factory=dict)
+
+    def shard_ids(self) -> Iterator[str]:
+        """The ids of the shards to compute, in order, without building lazy shards' specs."""
+        if isinstance(self.shards, ShardRanges):
+            return self.shards.shard_ids()
+        return (s.shard_id for s in self.shards)
 
 
 class WorkItem(Frozen):

@@ -264,29 +264,28 @@ def _local_entries(top: str) -> Iterator[_Entry]:
         subdirs = []
         for e in found:
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-            yield_rel, kind = _printable(rel), None
+            shown = _printable(rel)
+            # d_type from the directory listing: no stat per file (sizes are checked when read)
             try:
                 if e.is_symlink():
                     try:
-                        st = os.stat(e.path)
+                        mode = os.stat(e.path).st_mode
                     except OSError:
                         kind = "broken-link"
                     else:
-                        kind = "linked-folder" if stat.S_ISDIR(st.st_mode) else _kind(st.st_mode)
+                        kind = "linked-folder" if stat.S_ISDIR(mode) else _kind(mode)
                 elif e.is_dir(follow_symlinks=False):
                     subdirs.append(rel)
                     continue
                 else:
-                    st = e.stat(follow_symlinks=False)
-                    kind = _kind(st.st_mode)
+                    kind = "file" if e.is_file(follow_symlinks=False) else "other"
             except OSError:
                 kind = "other"
-            if yield_rel != rel:
+            if shown != rel:
                 kind = "bad-name"
-            size = st.st_size if kind == "file" else None
             full = os.path.join(top, rel)
             yield _Entry(
-                rel=yield_rel, uri="file://" + _printable(full), path=full, size=size, kind=kind
+                rel=shown, uri="file://" + _printable(full), path=full, size=None, kind=kind
             )
         stack.extend(reversed(subdirs))
 

@@ -47,7 +47,7 @@ def make_plan(
     """
     h = request.request_hash
     op = request.operation
-    shards: tuple[ShardSpec, ...] | ShardRanges
+    shards: ShardRanges | tuple[ShardSpec, ...]
     if op.kind == "generate":
         ranges = ShardRanges(h, op.num_images, request.shard_size)
         shards = ranges
