@@ -12,12 +12,16 @@ import torch
 from PIL import Image
 
 from augflow.models.images import (
+    DecodeLimits,
     ImageRejected,
     decode_image,
+    decode_within,
     encode_png,
+    open_image,
     pil_to_tensor,
     tensor_to_pil,
 )
+from augflow.schemas import errors
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -31,11 +35,16 @@ def _noise(w: int = 21, h: int = 13, seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"])
 def test_allowed_formats_decode_to_rgb(fmt: str) -> None:
     img = decode_image(_bytes(_noise(), fmt), "x")
     assert img.mode == "RGB"
     assert img.size == (21, 13)
+
+
+def test_image_rejected_lives_with_every_other_error() -> None:
+    assert ImageRejected is errors.ImageRejected
+    assert issubclass(ImageRejected, errors.AugflowError)
 
 
 def test_png_decodes_exactly() -> None:
@@ -50,23 +59,117 @@ def test_transparency_is_composited_over_white() -> None:
     assert np.asarray(img).min() == 255
 
 
-def test_gif_is_refused_with_the_allowlist() -> None:
+def _frames(n: int = 3) -> list[Image.Image]:
+    return [_noise(seed=i) for i in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animations_are_refused_by_name(fmt: str) -> None:
+    first, *rest = _frames()
+    data = _bytes(first, fmt, save_all=True, append_images=rest)
     with pytest.raises(ImageRejected) as exc:
-        decode_image(_bytes(_noise(), "GIF"), "cat.gif")
-    assert "cat.gif" in exc.value.reason
-    assert "GIF not allowed" in exc.value.reason
-    assert "PNG" in exc.value.reason
+        decode_image(data, "cat.bin")
+    assert f"cat.bin: unsupported format: {fmt} (animated)" in exc.value.reason
 
 
-def test_garbage_is_not_an_image() -> None:
-    with pytest.raises(ImageRejected, match="not an image: cannot identify image file"):
-        decode_image(b"definitely not pixels", "notes.png")
+def test_mpo_gives_its_first_image_and_says_so() -> None:
+    first, *rest = _frames()
+    data = _bytes(first, "MPO", save_all=True, append_images=rest)
+    decoded = open_image(data, "phone.jpg")
+    assert decoded.note == "MPO multi-picture JPEG: the first of 3 images is used"
+    alone = open_image(_bytes(first, "JPEG"), "one.jpg")
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(alone.image))
+    assert alone.note is None
+
+
+def test_a_multi_page_tiff_gives_its_first_page_and_says_so() -> None:
+    first, *rest = _frames()
+    decoded = open_image(_bytes(first, "TIFF", save_all=True, append_images=rest), "scan.tif")
+    assert decoded.note == "multi-page TIFF: the first page is used"
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(first))
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"definitely not pixels", "not an image: text"),
+        (b"", "not an image: empty file"),
+        (b"%PDF-1.7\n...", "not an image: a PDF document"),
+        (b"PAR1\x15\x04", "not an image: a Parquet file"),
+        (b"PK\x03\x04zip", "not an image: a ZIP archive"),
+        (b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00", "unsupported format: HEIC"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00", "unsupported format: AVIF"),
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00", "not an image: an ISO media file"),
+        (b'<?xml version="1.0"?><svg xmlns="x"/>', "unsupported format: SVG"),
+        (b"8BPS\x00\x01\x00\x00", "unsupported format: PSD"),
+        (b"P6\n4 4\n255\n" + b"\x00" * 48, "unsupported format: PNM"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "corrupt PNG"),
+        (b"\xff\xd8\xff\xe0\x00", "corrupt JPEG"),
+        (bytes(range(256)) * 4, "not an image: unrecognised content (starts with 00 01 02"),
+    ],
+)
+def test_what_is_not_an_allowed_image_is_named_without_parsing(data: bytes, words: str) -> None:
+    with pytest.raises(ImageRejected) as exc:
+        decode_image(data, "f")
+    assert words in exc.value.reason
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "ICO", "JPEG2000", "QOI", "PDF"])
+def test_formats_pillow_could_read_stay_outside_the_allowlist(fmt: str) -> None:
+    name = {"JPEG2000": "JPEG 2000", "PDF": "a PDF document"}.get(fmt, fmt)
+    with pytest.raises(ImageRejected, match=name):
+        decode_image(_bytes(_noise(), fmt), "x")
 
 
 def test_truncated_file_is_corrupt() -> None:
     data = _bytes(_noise(64, 64), "PNG")
-    with pytest.raises(ImageRejected, match="corrupt"):
+    with pytest.raises(ImageRejected, match="corrupt PNG"):
         decode_image(data[: len(data) // 2], "half.png")
+
+
+def _mode(img: Image.Image, fmt: str = "PNG", **kw: object) -> np.ndarray:
+    return np.asarray(open_image(_bytes(img, fmt, **kw), "m").image)
+
+
+def test_odd_modes_become_the_rgb_a_viewer_shows() -> None:
+    grey16 = Image.fromarray(np.array([[0, 65535], [32768, 1000]], dtype=np.uint16))
+    assert _mode(grey16)[:, :, 0].tolist() == [[0, 255], [128, 4]]  # scaled, not clipped
+    float01 = Image.fromarray(np.array([[0.0, 1.0], [0.5, np.nan]], dtype=np.float32))
+    assert _mode(float01, "TIFF")[:, :, 0].tolist() == [[0, 255], [128, 0]]
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
+    assert _mode(cmyk, "TIFF")[0, 0].tolist() == [255, 0, 0]
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    assert _mode(pal, transparency=1)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    la = Image.new("LA", (4, 4), (0, 0))
+    assert _mode(la)[0, 0].tolist() == [255, 255, 255]
+    one_bit = Image.new("1", (4, 4), 1)
+    assert _mode(one_bit)[0, 0].tolist() == [255, 255, 255]
+    assert _mode(Image.new("LAB", (4, 4)), "TIFF").shape == (4, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "size"), [(1, (30, 20)), (3, (30, 20)), (6, (20, 30)), (8, (20, 30))]
+)
+def test_exif_orientation_is_applied(orientation: int, size: tuple[int, int]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = Image.new("RGB", (30, 20), (200, 10, 10))
+    assert open_image(_bytes(img, "JPEG", exif=exif.tobytes()), "x").image.size == size
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_invalid_exif_orientations_leave_the_image_as_stored(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = Image.new("RGB", (30, 20))
+    assert open_image(_bytes(img, "JPEG", exif=exif.tobytes()), "x").image.size == (30, 20)
+
+
+def test_a_corrupt_exif_block_does_not_cost_the_picture() -> None:
+    img = Image.new("RGB", (30, 20), (0, 90, 0))
+    data = _bytes(img, "JPEG", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")
+    assert open_image(data, "x").image.size == (30, 20)
 
 
 def test_pixel_limit_is_checked() -> None:
@@ -99,6 +202,61 @@ def test_bomb_header_is_refused_before_decoding(side: int) -> None:
         decode_image(_png_header_only(side, side), "bomb.png")
     assert "too large" in exc.value.reason
     assert "64 MP" in exc.value.reason
+
+
+def test_degenerate_sizes_are_refused_from_the_header() -> None:
+    limits = DecodeLimits(min_side=16, max_aspect_ratio=10.0)
+    with pytest.raises(ImageRejected, match=r"too small: 1x1 pixels.*at least 16 px"):
+        open_image(_png_header_only(1, 1), "dot.png", limits)
+    with pytest.raises(ImageRejected, match=r"too elongated: 16x4000 pixels.*250:1.*10:1"):
+        open_image(_png_header_only(16, 4000), "strip.png", limits)
+    # the sizes come from the header: the pixel data of these files was never there
+    assert open_image(_bytes(_noise(16, 160), "PNG"), "ok.png", limits).image.size == (16, 160)
+    # masks and previews (decode_image) take any size
+    assert decode_image(_bytes(_noise(1, 1), "PNG"), "mask.png").size == (1, 1)
+
+
+def test_a_file_over_the_byte_limit_is_refused_unread() -> None:
+    with pytest.raises(ImageRejected, match=r"exceeds the 0\.0625 MiB file limit"):
+        open_image(_bytes(_noise(256, 256), "PNG"), "x", DecodeLimits(max_bytes=65536))
+
+
+def test_a_decode_past_its_deadline_is_abandoned() -> None:
+    big = _bytes(_noise(2000, 2000), "PNG")  # ~12 MB of pixels, far more than a microsecond
+    with pytest.raises(ImageRejected, match=r"decoding took longer than 1e-06 s"):
+        decode_within(big, "slow.png", DecodeLimits(), timeout_s=1e-6)
+    assert decode_within(big, "slow.png", DecodeLimits()).image.size == (2000, 2000)
+
+
+def test_decoding_leaves_process_wide_warning_filters_alone() -> None:
+    """Decoding runs in threads (the actor's two shards, the deadline thread): no code path may
+    change the process's warning filters, as warnings.catch_warnings does."""
+    import threading
+    import warnings
+
+    before = list(warnings.filters)
+    data = [
+        _png_header_only(9_000, 9_000),
+        _png_header_only(100_000, 100_000),
+        _bytes(_noise(), "PNG"),
+    ]
+    errors_seen: list[BaseException] = []
+
+    def work() -> None:
+        for d in data * 20:
+            try:
+                decode_within(d, "t", DecodeLimits())
+            except ImageRejected:
+                pass
+            except BaseException as exc:  # anything else is a bug
+                errors_seen.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors_seen == [] and warnings.filters == before
 
 
 def test_encode_png_is_deterministic_and_drops_metadata() -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import photo_crops
+from PIL import Image
 
 from augflow.schemas import parse_request
+from augflow.tasks.commits import read_marker
 from augflow.tasks.layout import RunLayout
 from augflow.tasks.plan import plan_request
 from augflow.tasks.shard_worker import ShardWorker
+from augflow.tasks.storage import Storage
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +102,105 @@ def test_concurrent_shards_on_one_worker_match_a_sequential_run(ddim: Path, tmp_
         return {r["row_id"]: r["image"]["bytes"] for r in rows}
 
     assert run(tmp_path / "threads", 2) == run(tmp_path / "sequential", 1)
+
+
+def _png(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _img2img(model: Path, root: Path, inputs: Path, **over: object):
+    return _request(
+        model,
+        root,
+        operation={"kind": "img2img", "variants": 1, "strength": 0.4},
+        inputs=str(inputs),
+        image_size=16,
+        shard_size=64,
+        **over,
+    )
+
+
+def test_a_shard_with_every_input_quarantined_writes_no_data_file(
+    ddim: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    good = _png(photo_crops(1, size=24)[0])
+    (src / "a-truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "b-tiny.png").write_bytes(_png(Image.new("RGB", (1, 1))))
+    request = _img2img(ddim, tmp_path / "out", src)
+    shard = plan_request(request).shards[0]
+    worker = ShardWorker(request)
+    result = worker.process(shard)
+    assert (result.num_rows, result.num_quarantined, result.data_file) == (0, 2, None)
+    layout = RunLayout(request.request_hash)
+    out = tmp_path / "out"
+    assert not (out / layout.data_file(shard.shard_id)).exists()
+    assert not list(out.rglob("shards/*.parquet"))  # no 0-row file anywhere
+    marker = read_marker(Storage(str(out)), layout.commit_marker(shard.shard_id))
+    assert marker.data_file is None and marker.quarantine_file == result.quarantine_file
+    reasons = {
+        r["source_id"]: r["reason"] for r in pq.read_table(out / result.quarantine_file).to_pylist()
+    }
+    assert "corrupt" in reasons["a-truncated.png"]
+    assert "too small: 1x1" in reasons["b-tiny.png"] and "quality.min_side" in reasons["b-tiny.png"]
+    again = worker.process(shard)
+    assert again.status == "skipped" and again.data_file is None
+
+
+def test_degenerate_mpo_animated_and_unreadable_sources(ddim: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    crops = photo_crops(3, size=24)
+    (src / "phone.jpg").write_bytes(_png(crops[0], "MPO", save_all=True, append_images=crops[1:]))
+    (src / "anim.gif").write_bytes(_png(crops[0], "GIF", save_all=True, append_images=crops[1:]))
+    (src / "strip.png").write_bytes(_png(Image.new("RGB", (16, 400), (9, 9, 9))))
+    (src / "small.png").write_bytes(_png(crops[1].resize((8, 8))))
+    os.mkfifo(src / "pipe.png")  # listed as rejected: never opened, so nothing blocks
+    (src / "notes.txt").write_text("hello")
+    request = _img2img(ddim, tmp_path / "out", src, quality={"min_side": 8})
+    result = ShardWorker(request).process(plan_request(request).shards[0])
+    rows = {
+        r["source_id"]: r for r in pq.read_table(tmp_path / "out" / result.data_file).to_pylist()
+    }
+    q = {
+        r["source_id"]: r["reason"]
+        for r in pq.read_table(tmp_path / "out" / result.quarantine_file).to_pylist()
+    }
+    assert set(rows) == {"phone.jpg", "small.png"}  # min_side 8 lets the 8x8 one through
+    assert (
+        rows["phone.jpg"]["source_note"] == "MPO multi-picture JPEG: the first of 3 images is used"
+    )
+    assert rows["small.png"]["source_note"] is None
+    assert set(q) == {"anim.gif", "strip.png", "pipe.png", "notes.txt"}
+    assert "unsupported format: GIF (animated)" in q["anim.gif"]
+    assert "too elongated: 16x400" in q["strip.png"] and "25:1" in q["strip.png"]
+    assert "not a regular file" in q["pipe.png"]
+    assert "not an image: text" in q["notes.txt"]
+
+
+def test_parquet_cells_without_image_bytes_are_quarantined(ddim: Path, tmp_path: Path) -> None:
+    good = _png(photo_crops(1, size=16)[0])
+    table = pa.table(
+        {
+            "id": ["ok", "path-only", "null", "empty"],
+            "image": [
+                {"bytes": good, "path": None},
+                {"bytes": None, "path": "elsewhere/cat.png"},
+                None,
+                {"bytes": b"", "path": None},
+            ],
+        }
+    )
+    pq.write_table(table, tmp_path / "src.parquet")
+    request = _img2img(ddim, tmp_path / "out", tmp_path / "src.parquet")
+    result = ShardWorker(request).process(plan_request(request).shards[0])
+    assert (result.num_rows, result.num_quarantined) == (1, 3)
+    q = {
+        r["source_id"]: r["reason"]
+        for r in pq.read_table(tmp_path / "out" / result.quarantine_file).to_pylist()
+    }
+    assert "no bytes (path 'elsewhere/cat.png' only)" in q["path-only"]
+    assert q["null"].endswith("empty image cell") and q["empty"].endswith("empty image cell")
