@@ -82,7 +82,9 @@ def check_plan_size(num_items: int, shard_size: int, variants: int = 1) -> None:
 class Frozen(BaseModel):
     # allow_inf_nan=False: every float of every request model is finite (YAML `.nan`/`.inf`, JSON
     # `NaN`/`1e999` are refused where they are read, not where a comparison with them misbehaves).
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: no coercion. YAML 1.1 reads `on`/`yes` as true, and a lax int field reads true as 1,
+    # so `steps: on` would be one step; "4" for a number is refused rather than guessed at.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 LabelId = Annotated[int, Field(ge=0, le=2**31 - 1)]  # rows store labels as int32
