@@ -107,6 +107,44 @@ def test_foreign_component_library_is_refused(tmp_path: Path, ddpm_dir: Path) ->
         load_pipeline(ModelSpec(id=str(copy)), "cpu")
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda i: ["not", "an", "object"], "must be a JSON object"),
+        (lambda i: "DDPMPipeline", "must be a JSON object"),
+        (lambda i: {**i, "_class_name": ["DDPMPipeline"]}, "field `_class_name` must be"),
+        (lambda i: {**i, "_class_name": 7}, "field `_class_name` must be"),
+        (lambda i: {k: v for k, v in i.items() if k != "_class_name"}, "`_class_name`"),
+        (lambda i: {k: v for k, v in i.items() if k != "unet"}, "has no `unet` component"),
+        (lambda i: {**i, "unet": ["diffusers"]}, "field `unet` must be"),
+        (lambda i: {**i, "unet": {"library": "diffusers"}}, "field `unet` must be"),
+        (lambda i: {**i, "unet": [1, 2]}, "field `unet` must be"),
+        (lambda i: {**i, "unet": [None, None]}, "field `unet` is empty"),
+        (lambda i: {**i, "scheduler": ["diffusers", "NoSuchScheduler"]}, "could not be loaded"),
+    ],
+)
+def test_a_malformed_model_index_is_refused_by_field(
+    tmp_path: Path, ddpm_dir: Path, edit, words: str
+) -> None:
+    copy = tmp_path / "bad-index"
+    shutil.copytree(ddpm_dir, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps(edit(index)))
+    with pytest.raises(ModelLoadError) as err:
+        load_pipeline(ModelSpec(id=str(copy)), "cpu")
+    assert words in str(err.value) and "model_index.json" in str(err.value)
+
+
+def test_a_malformed_component_config_is_a_refusal(tmp_path: Path, ddpm_dir: Path) -> None:
+    copy = tmp_path / "bad-config"
+    shutil.copytree(ddpm_dir, copy)
+    config = json.loads((copy / "unet" / "config.json").read_text())
+    config["block_out_channels"] = "wide"
+    (copy / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        load_pipeline(ModelSpec(id=str(copy)), "cpu")
+
+
 def test_sr3_is_registered_lazily() -> None:
     assert AUGFLOW_PIPELINES["SR3Pipeline"] == "augflow.models.sr3:SR3Pipeline"
 
