@@ -65,7 +65,7 @@ def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult
 def preview_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> str | None:
     storage = Storage(request.output)
     key = RunLayout(request.request_hash).preview(plan.version)
-    files = [r.data_file for r in results if r.num_rows]
+    files = [r.data_file for r in results if r.data_file and r.num_rows]
     return build_preview(storage, files, key, request.operation.kind)
 
 
