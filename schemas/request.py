@@ -524,6 +524,7 @@ def parse_request(data: Any) -> AugmentRequest:
         return data
     if not isinstance(data, dict):
         raise RequestError("request", f"expected a mapping of fields, got {type(data).__name__}")
+    _check_unicode(data)
     try:
         return AugmentRequest.model_validate(data)
     except ValidationError as exc:
@@ -545,6 +546,27 @@ def parse_request(data: Any) -> AugmentRequest:
         if more:
             msg += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise RequestError(field, msg) from None
+
+
+def _check_unicode(data: dict[str, Any]) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate, which JSON's \\ud800 escape can
+    produce): it could not be written to Parquet, so it would fail every shard instead of here."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(
+                    path or "request", "contains text that is not valid Unicode (a lone surrogate)"
+                ) from None
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((f"{path}.{k}" if path else str(k), v))
+                stack.append((path or "request", k))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}", v) for i, v in enumerate(value))
 
 
 def load_request(path: str | Path) -> AugmentRequest:
@@ -620,7 +642,7 @@ def _parse_json(text: str, p: Path) -> Any:
 
     try:
         return json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # also numbers of more digits than Python converts
         raise RequestError("request", f"{p} is not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestError("request", f"{p} is nested too deeply to be a request") from None
@@ -634,7 +656,7 @@ def _parse_yaml(text: str, p: Path) -> Any:
             return None
         _check_yaml_graph(node, p)
         return loader.construct_document(node)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an int of 5000 digits
         raise RequestError("request", f"{p} is not valid YAML: {exc}") from None
     except RecursionError:
         raise RequestError("request", f"{p} is nested too deeply to be a request") from None

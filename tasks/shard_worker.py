@@ -153,7 +153,7 @@ class ShardWorker:
                 by_file[src.uri].append((src.source_id, src.row))
         for uri, wanted in by_file.items():
             try:
-                with open_uri(uri) as fh:
+                with _open_source(uri) as fh:
                     column = pq.read_table(fh, columns=["image"]).column("image")
             except StorageError:
                 raise  # the store is down or refuses us: fail the shard (it is retried), not the rows
@@ -174,7 +174,7 @@ class ShardWorker:
 
     def _decode_file(self, uri: str) -> Decoded | str:
         try:
-            with open_uri(uri) as fh:
+            with _open_source(uri) as fh:
                 # never more than the limit: the listing checked the size, but files change
                 data = fh.read(MAX_FILE_BYTES + 1)
         except StorageError:
@@ -236,6 +236,14 @@ class ShardWorker:
             "stage": stage,
             "reason": reason,
         }
+
+
+def _open_source(uri: str) -> Any:
+    """Open an input for reading. Local files are opened by path: fsspec reads "::" in a URI as
+    a chain of protocols, so a file named "a::b.png" would otherwise be looked for as "a"."""
+    if uri.startswith("file://"):
+        return open(uri.removeprefix("file://"), "rb")
+    return open_uri(uri)
 
 
 def _cell_bytes(value: Any) -> bytes | str:

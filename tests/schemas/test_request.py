@@ -314,6 +314,14 @@ def test_a_good_file_loads_with_or_without_a_utf8_bom(tmp_path) -> None:
         (b"[" * 100_000, "req.json", "nested too deeply"),
         (b'{"dataset": "a", "dataset": "b"}', "req.json", "appears twice"),
         (b"{'dataset': 1}", "req.json", "not valid JSON"),
+        (b'{"seed": ' + b"1" * 5000 + b"}", "req.json", "not valid JSON"),
+        (b"seed: " + b"1" * 5000 + b"\n", "req.yaml", "not valid YAML"),
+        (
+            b'{"dataset": "cats", "operation": {"kind": "generate", "num_images": 2, '
+            b'"prompts": ["a \\ud800 cat"]}, "model": {"id": "m"}}',
+            "req.json",
+            "`operation.prompts.0`: contains text that is not valid Unicode",
+        ),
         (
             b'{"dataset": "cats", "operation": {"kind": "generate", "num_images": 2}, '
             b'"model": {"id": "m"}, "guidance_scale": NaN}',

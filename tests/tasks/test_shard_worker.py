@@ -158,6 +158,7 @@ def test_degenerate_mpo_animated_and_unreadable_sources(ddim: Path, tmp_path: Pa
     (src / "anim.gif").write_bytes(_png(crops[0], "GIF", save_all=True, append_images=crops[1:]))
     (src / "strip.png").write_bytes(_png(Image.new("RGB", (16, 400), (9, 9, 9))))
     (src / "small.png").write_bytes(_png(crops[1].resize((8, 8))))
+    (src / "odd::name#1.png").write_bytes(_png(crops[2]))  # '::' chains protocols in fsspec
     os.mkfifo(src / "pipe.png")  # listed as rejected: never opened, so nothing blocks
     (src / "notes.txt").write_text("hello")
     request = _img2img(ddim, tmp_path / "out", src, quality={"min_side": 8})
@@ -169,7 +170,7 @@ def test_degenerate_mpo_animated_and_unreadable_sources(ddim: Path, tmp_path: Pa
         r["source_id"]: r["reason"]
         for r in pq.read_table(tmp_path / "out" / result.quarantine_file).to_pylist()
     }
-    assert set(rows) == {"phone.jpg", "small.png"}  # min_side 8 lets the 8x8 one through
+    assert set(rows) == {"phone.jpg", "small.png", "odd::name#1.png"}  # min_side 8: 8x8 is in
     assert (
         rows["phone.jpg"]["source_note"] == "MPO multi-picture JPEG: the first of 3 images is used"
     )
