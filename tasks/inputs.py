@@ -123,7 +123,7 @@ def check_inputs(request: AugmentRequest) -> None:
             _parquet_rows(fs, path, root, posixpath.basename(path), strict=True)
         return
     skipped: Counter[str] = Counter()
-    for entry in _entries(fs, path, root, request.inputs):
+    for entry in _entries(fs, path, root, request.inputs, lazy=True):
         reason = _skip_reason(entry, _output_prefix(root, request.output))
         if reason is None:
             return
@@ -227,18 +227,31 @@ def _items_of(fs, entry: _Entry) -> list[SourceItem]:
     return [SourceItem(source_id=entry.rel, uri=entry.uri, rejected=rejected)]
 
 
-def _entries(fs, path: str, root: str, uri: str) -> Iterator[_Entry]:
+def _entries(fs, path: str, root: str, uri: str, lazy: bool = False) -> Iterator[_Entry]:
+    """The objects under ``path``. ``lazy`` lists an object store folder by folder (for a check
+    that stops at the first usable object) instead of in one flat paginated listing."""
     if root.startswith("file://"):
         yield from _local_entries(path)
         return
     proto = root.split("://", 1)[0]
     base = path.rstrip("/") + "/"
     try:
+        if lazy:
+            for _, _, files in fs.walk(path, detail=True):
+                yield from _remote_entries(files, base, proto)
+            return
         found = fs.find(path, detail=True)
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(f"cannot list inputs {uri!r}: {type(exc).__name__}: {exc}") from exc
-    for name in sorted(found):
-        info = found[name]
+    yield from _remote_entries(found, base, proto)
+
+
+def _remote_entries(found: dict, base: str, proto: str) -> Iterator[_Entry]:
+    # find() keys its result by full name, walk() by base name; info["name"] is always full
+    for info in sorted(found.values(), key=lambda i: i["name"]):
+        name = info["name"]
         rel = name.removeprefix(base)
         size = info.get("size")
         if info.get("type") == "directory":

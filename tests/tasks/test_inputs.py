@@ -118,6 +118,13 @@ def test_an_s3_prefix_accounts_for_every_object(s3_root: str) -> None:
     assert [i.source_id for i in listing.items] == ["a.png", "notes", "sub/b.gif"]
     assert listing.items[0].uri == f"{s3_root}/in/a.png"
     assert listing.skipped == {SKIP_HIDDEN: 1, SKIP_FOLDER_MARKER: 1}
+    check_inputs(_req(f"{s3_root}/in"))
+    for key in ("empty/.DS_Store", "empty/sub/"):
+        fs.call_s3("put_object", Bucket=bucket, Key=f"{prefix}/{key}", Body=b"")
+    with pytest.raises(InputError, match="holds no input files"):
+        check_inputs(_req(f"{s3_root}/empty"))
+    with pytest.raises(InputError, match="holds no input files"):
+        list_inputs(_req(f"{s3_root}/empty"))
 
 
 def test_objects_known_to_be_unusable_are_rejected_items_not_dropped(tmp_path: Path) -> None:
