@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from augflow.schemas.markers import CommitMarker
-from augflow.schemas.request import AugmentRequest, Frozen
+from augflow.schemas.request import AugmentRequest, Frozen, GenerateOp
 
 
 class SourceItem(Frozen):
@@ -113,15 +113,14 @@ def derive_seed(request_hash: str, seed: int, source_id: str, variant: int) -> i
 
 
 def variants_per_source(request: AugmentRequest) -> int:
-    op = request.operation
-    return op.variants if op.kind == "img2img" else 1
+    return request.operation.outputs_per_source()
 
 
 def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkItem]:
     """The output rows of a shard, in order. Pure: the same request and shard give the same items."""
     h = request.request_hash
     op = request.operation
-    if op.kind == "generate":
+    if isinstance(op, GenerateOp):
         for i in range(shard.first, shard.first + shard.count):
             source_id = f"generated/{i:09d}"
             label, prompt = op.condition_for(i)
@@ -136,7 +135,7 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
                 prompt=prompt,
             )
         return
-    prompt = op.prompt if op.kind in ("img2img", "inpaint") else None
+    prompt = op.source_prompt()
     for src in shard.sources:
         for v in range(variants_per_source(request)):
             yield WorkItem(

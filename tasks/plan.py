@@ -11,7 +11,7 @@ from augflow.schemas.records import (
     derive_id,
     variants_per_source,
 )
-from augflow.schemas.request import AugmentRequest
+from augflow.schemas.request import AugmentRequest, GenerateOp
 from augflow.tasks.commits import read_marker
 from augflow.tasks.inputs import list_sources
 from augflow.tasks.layout import RunLayout, shard_id_of
@@ -35,7 +35,7 @@ def make_plan(
     h = request.request_hash
     op = request.operation
     shards: list[ShardSpec] = []
-    if op.kind == "generate":
+    if isinstance(op, GenerateOp):
         for index, first in enumerate(range(0, op.num_images, request.shard_size)):
             count = min(request.shard_size, op.num_images - first)
             sid = derive_id(h, "range", first, count, length=16)
@@ -70,7 +70,7 @@ def plan_request(request: AugmentRequest) -> Plan:
     and its shards are carried over (an incremental refresh). Quarantined sources count as seen:
     they are accounted for in that version and are not retried.
     """
-    if request.operation.kind == "generate":
+    if not request.operation.takes_inputs:
         return make_plan(request)
     sources = list_sources(request)
     base = _base_version(request)
