@@ -21,7 +21,8 @@ PSNR_CAP_DB = 100.0
 
 METRIC_NAMES: tuple[str, ...] = tuple(f.name for f in METRIC_FIELDS)
 
-Operation = Literal["generate", "img2img", "denoise", "upscale", "inpaint"]
+#: how an output is compared with its source (``OperationSpec.faithfulness`` of the operation)
+Faithfulness = Literal["none", "same_size", "downscaled"]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -35,15 +36,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reference_for_psnr(
-    operation: Operation, output: Image.Image, reference: Image.Image
+    faithfulness: Faithfulness, output: Image.Image, reference: Image.Image
 ) -> tuple[np.ndarray, np.ndarray]:
     """The two arrays faithfulness is measured on.
 
-    upscale: the output is reduced back to the input size (area average) and compared to the input,
-    so the metric asks "is this still the same picture", not "did it invent the same details".
-    Otherwise the reference is resized to the output size if needed (img2img's source).
+    ``downscaled`` (upscale): the output is reduced back to the input size (area average) and
+    compared to the input, so the metric asks "is this still the same picture", not "did it
+    invent the same details". Otherwise the reference is resized to the output size if needed
+    (img2img's source).
     """
-    if operation == "upscale":
+    if faithfulness == "downscaled":
         small = output.resize(reference.size, Image.Resampling.BOX)
         return np.asarray(small), np.asarray(reference.convert("RGB"))
     ref = reference.convert("RGB")
@@ -55,7 +57,7 @@ def reference_for_psnr(
 def compute_metrics(
     png: bytes | None,
     *,
-    operation: Operation,
+    faithfulness: Faithfulness,
     expected_size: tuple[int, int],
     has_nan: bool,
     min_pixel_std: float,
@@ -91,8 +93,8 @@ def compute_metrics(
             pixel_std=std,
             is_blank=std < min_pixel_std,
         )
-        if reference is not None and operation != "generate":
-            out_arr, ref_arr = reference_for_psnr(operation, img, reference)
+        if reference is not None and faithfulness != "none":
+            out_arr, ref_arr = reference_for_psnr(faithfulness, img, reference)
             row["faithfulness_psnr"] = psnr(out_arr, ref_arr)
     if tuple(row) != METRIC_NAMES:  # keeps this module honest if the schema grows a column
         raise RuntimeError(f"metric keys {tuple(row)} drifted from METRIC_FIELDS {METRIC_NAMES}")

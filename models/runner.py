@@ -152,14 +152,15 @@ class AugmentModel:
     ) -> list[ImageOutput]:
         if len(items) != len(sources):
             raise ValueError(f"{len(items)} items but {len(sources)} sources")
-        kind = self.op.kind
+        op = self.op
         results: list[ImageOutput | None] = [None] * len(items)
         groups: dict[tuple[int, int] | None, list[int]] = {}
         for i, src in enumerate(sources):
-            if kind != "generate" and src is None:
+            if op.takes_inputs and src is None:
                 results[i] = ImageOutput(None, None, "no source image was given for this item")
                 continue
-            key = None if src is None or kind in ("generate", "img2img") else src.size
+            # outputs of a micro-batch share a size: group by source size unless it is fixed
+            key = None if src is None or op.size_rule == "native" else src.size
             groups.setdefault(key, []).append(i)
         for idx in groups.values():
             k = 0
@@ -226,7 +227,7 @@ class AugmentModel:
             png = encode_png(img)
             metrics = compute_metrics(
                 png,
-                operation=self.op.kind,
+                faithfulness=self.op.faithfulness,
                 expected_size=self.expected_size(None if src is None else src.size),
                 has_nan=has_nan,
                 min_pixel_std=self.request.quality.min_pixel_std,

@@ -10,7 +10,7 @@ from pydantic import Field, GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from augflow.schemas.markers import CommitMarker
-from augflow.schemas.request import AugmentRequest, Frozen
+from augflow.schemas.request import AugmentRequest, Frozen, GenerateOp
 
 
 class SourceItem(Frozen):
@@ -229,15 +229,14 @@ def derive_seed(request_hash: str, seed: int, source_id: str, variant: int) -> i
 
 
 def variants_per_source(request: AugmentRequest) -> int:
-    op = request.operation
-    return op.variants if op.kind == "img2img" else 1
+    return request.operation.outputs_per_source()
 
 
 def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkItem]:
     """The output rows of a shard, in order. Pure: the same request and shard give the same items."""
     h = request.request_hash
     op = request.operation
-    if op.kind == "generate":
+    if isinstance(op, GenerateOp):
         for i in range(shard.first, shard.first + shard.count):
             source_id = f"generated/{i:09d}"
             label, prompt = op.condition_for(i)
@@ -252,7 +251,7 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
                 prompt=prompt,
             )
         return
-    prompt = op.prompt if op.kind in ("img2img", "inpaint") else None
+    prompt = op.source_prompt()
     for src in shard.sources:
         for v in range(variants_per_source(request)):
             yield WorkItem(

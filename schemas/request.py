@@ -16,7 +16,7 @@ import hashlib
 import json
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -132,7 +132,50 @@ class ModelSpec(Frozen):
         return None if v is None else _no_control_chars(v, f"model.{info.field_name}")
 
 
-class GenerateOp(Frozen):
+SizeRule = Literal["native", "source", "scaled"]
+FaithfulnessRule = Literal["none", "same_size", "downscaled"]
+
+
+class OperationSpec(Frozen):
+    """What every operation tells the rest of augflow about itself, so planning, the runner and
+    the gate never switch on ``kind`` (a new operation is one subclass plus a family that runs it;
+    see :func:`register_operation` and docs/architecture.md).
+
+    ``takes_inputs``: False only for operations that make images from nothing (generate).
+    ``size_rule``: the output is the model's native size, the source's size, or the source's size
+    scaled by :meth:`scale`. ``faithfulness``: how each output is compared with its source —
+    not at all, pixel for pixel at the output size, or after shrinking the output to the source.
+    """
+
+    kind: str
+    takes_inputs: ClassVar[bool] = True
+    size_rule: ClassVar[SizeRule] = "source"
+    faithfulness: ClassVar[FaithfulnessRule] = "same_size"
+
+    def outputs_per_source(self) -> int:
+        """Output rows made from each input item."""
+        return 1
+
+    def source_prompt(self) -> str | None:
+        """The text prompt recorded in every row made from a source (None: no prompt)."""
+        return None
+
+    def scale(self) -> int:
+        return 1
+
+    def output_size(
+        self, native: tuple[int, int], source_size: tuple[int, int] | None
+    ) -> tuple[int, int]:
+        """(w, h) of an output given the model's native size and the source's size."""
+        if self.size_rule == "native":
+            return native
+        if source_size is None:
+            raise ValueError(f"operation {self.kind!r} needs the source size")
+        w, h = source_size
+        return w * self.scale(), h * self.scale()
+
+
+class GenerateOp(OperationSpec):
     """Sample N new images: unconditional, class-conditional or prompt-conditioned.
 
     Text-to-image models take ``prompts`` (cycled over the images) or, for a labelled dataset,
@@ -142,6 +185,9 @@ class GenerateOp(Frozen):
     """
 
     kind: Literal["generate"] = "generate"
+    takes_inputs: ClassVar[bool] = False
+    size_rule: ClassVar[SizeRule] = "native"
+    faithfulness: ClassVar[FaithfulnessRule] = "none"
     num_images: int = Field(ge=1, le=MAX_IMAGES)
     class_labels: list[LabelId] | None = Field(
         default=None,
@@ -219,24 +265,31 @@ class GenerateOp(Frozen):
         return label, prompt
 
 
-class Img2ImgOp(Frozen):
+class Img2ImgOp(OperationSpec):
     """K variants of every input image (SDEdit: noise to ``strength``, denoise back)."""
 
     kind: Literal["img2img"] = "img2img"
+    size_rule: ClassVar[SizeRule] = "native"
     variants: int = Field(default=4, ge=1, le=256)
     strength: float = Field(default=0.5, gt=0.0, le=1.0)
     prompt: Text | None = None
     negative_prompt: Text | None = None
 
+    def outputs_per_source(self) -> int:
+        return self.variants
 
-class DenoiseOp(Frozen):
+    def source_prompt(self) -> str | None:
+        return self.prompt
+
+
+class DenoiseOp(OperationSpec):
     """Remove Gaussian noise of standard deviation ``noise_level`` (0–255 scale) from inputs."""
 
     kind: Literal["denoise"] = "denoise"
     noise_level: float = Field(default=25.0, gt=0.0, le=128.0)
 
 
-class UpscaleOp(Frozen):
+class UpscaleOp(OperationSpec):
     """Upscale inputs by ``factor``; ``strength`` is how much the model may re-draw detail.
 
     ``tile`` / ``tile_overlap`` (low-resolution pixels) decide how dedicated upscalers cut large
@@ -244,6 +297,8 @@ class UpscaleOp(Frozen):
     """
 
     kind: Literal["upscale"] = "upscale"
+    size_rule: ClassVar[SizeRule] = "scaled"
+    faithfulness: ClassVar[FaithfulnessRule] = "downscaled"
     factor: Literal[2, 4] = 2
     strength: float = Field(default=0.3, gt=0.0, le=1.0)
     tile: int | None = Field(
@@ -265,8 +320,11 @@ class UpscaleOp(Frozen):
             )
         return self
 
+    def scale(self) -> int:
+        return self.factor
 
-class InpaintOp(Frozen):
+
+class InpaintOp(OperationSpec):
     """Repaint the masked part of every input (text-conditioned inpainting models).
 
     The mask is white (255) where the model may paint and black where the input is kept; grey
@@ -291,6 +349,9 @@ class InpaintOp(Frozen):
     negative_prompt: Text | None = None
     strength: float = Field(default=1.0, gt=0.0, le=1.0)
 
+    def source_prompt(self) -> str | None:
+        return self.prompt
+
     @field_validator("mask")
     @classmethod
     def _mask_uri(cls, v: str | None) -> str | None:
@@ -307,7 +368,9 @@ class InpaintOp(Frozen):
 
 _ADDED_OPTIONAL_OP_FIELDS = ("class_names", "prompt_template", "tile", "tile_overlap")
 
-OPERATION_KINDS = ("generate", "img2img", "denoise", "upscale", "inpaint")
+_OPERATIONS: list[type[OperationSpec]] = [GenerateOp, Img2ImgOp, DenoiseOp, UpscaleOp, InpaintOp]
+#: every ``operation.kind`` a request may name (grows with :func:`register_operation`)
+OPERATION_KINDS: list[str] = ["generate", "img2img", "denoise", "upscale", "inpaint"]
 
 Operation = Annotated[
     GenerateOp | Img2ImgOp | DenoiseOp | UpscaleOp | InpaintOp, Field(discriminator="kind")
@@ -454,11 +517,12 @@ class AugmentRequest(Frozen):
 
     @model_validator(mode="after")
     def _inputs_match_operation(self) -> AugmentRequest:
-        if self.operation.kind == "generate" and self.inputs is not None:
+        if not self.operation.takes_inputs and self.inputs is not None:
             raise ValueError(
-                "inputs: `generate` makes images from noise and takes no inputs; remove `inputs`"
+                f"inputs: `{self.operation.kind}` makes images from noise and takes no inputs; "
+                "remove `inputs`"
             )
-        if self.operation.kind != "generate" and self.inputs is None:
+        if self.operation.takes_inputs and self.inputs is None:
             raise ValueError(
                 f"inputs: `{self.operation.kind}` needs `inputs` (a folder of images, a Parquet "
                 "dataset, or a registered name@version)"
@@ -469,7 +533,7 @@ class AugmentRequest(Frozen):
     def _bounded_plan(self) -> AugmentRequest:
         # Generate plans are known from the request alone, so their size is refused here, before
         # anything runs; plans over inputs are checked once the inputs are listed.
-        if self.operation.kind == "generate":
+        if isinstance(self.operation, GenerateOp):
             check_plan_size(self.operation.num_images, self.shard_size)
         return self
 
@@ -505,6 +569,31 @@ class AugmentRequest(Frozen):
         if self.inputs is None or not looks_like_ref(self.inputs):
             return None
         return parse_ref(self.inputs)
+
+
+def register_operation(op_cls: type[OperationSpec]) -> None:
+    """Add an operation to the request's ``operation`` union (a plugin's entry point).
+
+    ``op_cls`` subclasses :class:`OperationSpec` with ``kind: Literal["<new kind>"]``. It must be
+    registered in every process that parses requests: the driver, and Ray workers (e.g. through
+    Ray's ``worker_process_setup_hook``). A family that runs it is registered beside it
+    (:func:`augflow.models.runner.register_family`). Registering the same class twice is a no-op.
+    """
+    if not (isinstance(op_cls, type) and issubclass(op_cls, OperationSpec)):
+        raise TypeError(f"{op_cls!r} is not an OperationSpec subclass")
+    if op_cls in _OPERATIONS:
+        return
+    kinds = get_args(op_cls.model_fields["kind"].annotation)
+    if len(kinds) != 1 or not isinstance(kinds[0], str):
+        raise TypeError(f"{op_cls.__name__}.kind must be a single Literal string")
+    if kinds[0] in OPERATION_KINDS:
+        raise ValueError(f"operation kind {kinds[0]!r} is already registered")
+    _OPERATIONS.append(op_cls)
+    OPERATION_KINDS.append(kinds[0])
+    field = AugmentRequest.model_fields["operation"]
+    field.annotation = Union[tuple(_OPERATIONS)]  # type: ignore[assignment]  # noqa: UP007 - a runtime union of classes
+    field.discriminator = "kind"
+    AugmentRequest.model_rebuild(force=True)
 
 
 #: Model-level checks name the field they are about by starting their message with it.

@@ -20,7 +20,7 @@ from augflow.schemas.records import (
     derive_id,
     variants_per_source,
 )
-from augflow.schemas.request import MAX_SHARDS, AugmentRequest, check_plan_size
+from augflow.schemas.request import MAX_SHARDS, AugmentRequest, GenerateOp, check_plan_size
 from augflow.tasks.commits import read_marker
 from augflow.tasks.inputs import list_inputs
 from augflow.tasks.layout import RunLayout, shard_id_of
@@ -48,7 +48,7 @@ def make_plan(
     h = request.request_hash
     op = request.operation
     shards: ShardRanges | tuple[ShardSpec, ...]
-    if op.kind == "generate":
+    if isinstance(op, GenerateOp):
         ranges = ShardRanges(h, op.num_images, request.shard_size)
         shards = ranges
         shard_ids = list(ranges.shard_ids())  # one short string per shard: bounded by MAX_SHARDS
@@ -107,7 +107,7 @@ def plan_request(request: AugmentRequest) -> Plan:
     and its shards are carried over (an incremental refresh). Quarantined sources count as seen:
     they are accounted for in that version and are not retried.
     """
-    if request.operation.kind == "generate":
+    if not request.operation.takes_inputs:
         return make_plan(request)
     listing = list_inputs(request)
     sources = listing.items

@@ -99,7 +99,7 @@ def _build_suite(
         ),
         e.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=q.min_pixel_std),
     )
-    if q.min_faithfulness_psnr is not None and request.operation.kind != "generate":
+    if q.min_faithfulness_psnr is not None and request.operation.faithfulness != "none":
         # Between-expectations skip nulls, so a missing PSNR is its own check: an unmeasured row
         # must not pass a threshold the request asked for.
         add(

@@ -63,15 +63,8 @@ def output_size(
     op: OperationSpec, native: tuple[int, int], source_size: tuple[int, int] | None
 ) -> tuple[int, int]:
     """(w, h) of an output: the model's native size for generate/img2img, the source size for
-    denoise/inpaint, ``factor`` times it for upscale."""
-    if op.kind in ("generate", "img2img"):
-        return native
-    if source_size is None:
-        raise ValueError(f"operation {op.kind!r} needs the source size")
-    w, h = source_size
-    if op.kind == "upscale":
-        return w * op.factor, h * op.factor
-    return w, h
+    denoise/inpaint, ``factor`` times it for upscale (the operation's own size rule)."""
+    return op.output_size(native, source_size)
 
 
 # --- steps -----------------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ def _img(arr: np.ndarray) -> Image.Image:
 
 def _metrics(img: Image.Image, **kw):
     defaults = dict(
-        operation="img2img", expected_size=img.size, has_nan=False, min_pixel_std=2.0, reference=img
+        faithfulness="same_size",
+        expected_size=img.size,
+        has_nan=False,
+        min_pixel_std=2.0,
+        reference=img,
     )
     defaults.update(kw)
     return compute_metrics(encode_png(img), **defaults)
@@ -57,14 +61,14 @@ def test_psnr_exact_value() -> None:
 
 def test_pixel_stats_and_blank() -> None:
     flat = _img(np.full((8, 8, 3), 77))
-    m = _metrics(flat, operation="generate", reference=None)
+    m = _metrics(flat, faithfulness="none", reference=None)
     assert m["pixel_mean"] == pytest.approx(77.0)
     assert m["pixel_std"] == 0.0
     assert m["is_blank"] is True
     assert m["faithfulness_psnr"] is None
     half = np.zeros((8, 8, 3))
     half[:4] = 255
-    m = _metrics(_img(half), operation="generate", reference=None)
+    m = _metrics(_img(half), faithfulness="none", reference=None)
     assert m["pixel_std"] == pytest.approx(127.5)
     assert m["is_blank"] is False
 
@@ -73,13 +77,17 @@ def test_upscale_is_compared_at_input_size() -> None:
     rng = np.random.default_rng(2)
     small = _img(rng.integers(0, 256, (5, 7, 3)))
     big = small.resize((14, 10), Image.Resampling.NEAREST)  # area-average back is exact
-    m = _metrics(big, operation="upscale", reference=small, expected_size=(14, 10))
+    m = _metrics(big, faithfulness="downscaled", reference=small, expected_size=(14, 10))
     assert m["faithfulness_psnr"] == PSNR_CAP_DB
 
 
 def test_undecodable_png_is_a_row_not_a_crash() -> None:
     m = compute_metrics(
-        b"not a png", operation="denoise", expected_size=(4, 4), has_nan=True, min_pixel_std=2.0
+        b"not a png",
+        faithfulness="same_size",
+        expected_size=(4, 4),
+        has_nan=True,
+        min_pixel_std=2.0,
     )
     assert m["decodable"] is False
     assert (m["width"], m["height"], m["expected_width"]) == (0, 0, 4)
