@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,12 +88,15 @@ def main() -> None:
         files[name] = tmp / f"case{i}.yaml"
         files[name].write_text(yaml.safe_dump(body))
     results: dict[str, list[dict]] = {name: [] for name in cases}
-    for _ in range(args.repeats):
-        for name, path in files.items():  # interleaved
-            proc = subprocess.run(
-                [sys.executable, __file__, "--one", str(path)], capture_output=True, text=True
-            )
-            results[name].append(json.loads(proc.stdout))
+    try:
+        for _ in range(args.repeats):
+            for name, path in files.items():  # interleaved
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--one", str(path)], capture_output=True, text=True
+                )
+                results[name].append(json.loads(proc.stdout))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"augflow plan --json, {args.repeats} runs each (interleaved); whole process:")
     for name, runs in results.items():
         secs = [r["s"] for r in runs]

@@ -39,7 +39,7 @@ MAX_IMAGES = 100_000_000
 #: one small record per shard, so this bounds both. Raise ``shard_size`` to plan more images.
 MAX_SHARDS = 100_000
 #: Most input items (image objects + Parquet rows) one folder/prefix/version may hold; the listing
-#: keeps one small record per item, so this bounds the planner's memory (about 1.5 KB an item).
+#: keeps one small record per item, so this bounds the planner's memory (about 1 KB an item).
 MAX_INPUT_ITEMS = 1_000_000
 #: Longest list (prompts, class labels, class names) and longest text (prompt, template) fields.
 MAX_LIST_ITEMS = 10_000
