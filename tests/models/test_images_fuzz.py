@@ -38,7 +38,8 @@ def _photo(size: int, seed: int = 0) -> Image.Image:
     from skimage import data
 
     img = [data.astronaut(), data.chelsea(), data.coffee()][seed % 3]
-    return Image.fromarray(np.ascontiguousarray(img[100 : 100 + size, 120 : 120 + size]))
+    crop = np.ascontiguousarray(img[50:250, 100:300])  # 200x200 of every one of the three
+    return Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _save(img: Image.Image, fmt: str, **kw: object) -> bytes:
