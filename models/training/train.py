@@ -112,6 +112,8 @@ def sr3_pipeline(kind: str, unet: UNet2DModel | None = None) -> SR3Pipeline:
         default_steps=1,
         space_to_depth=SPACE_TO_DEPTH,
         noise_map=kind == "denoise",
+        # the denoiser's run had started without it and learnt well; see models/sr3.py
+        scale_x_t=kind == "upscale",
     )
 
 
@@ -366,7 +368,7 @@ def main() -> None:
     )
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=96)
+    p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--p-last", type=float, default=0.85, help="share of samples at t = T-1")
