@@ -168,76 +168,68 @@ def summarise(rows: list[dict], keys: list[str]) -> dict:
     return res
 
 
-def evaluate_denoise(folder: Path, crops: dict[str, np.ndarray]) -> dict:
-    results: dict = {}
-    for sigma in SIGMAS:
-        model = ProductModel(folder, {"kind": "denoise", "noise_level": sigma})
-        pipe = model.model.pipeline
-        names = list(crops)
-        noisy = [add_noise(crops[n], sigma, seed=1000 * sigma + i) for i, n in enumerate(names)]
-        ours = model(noisy)
-        rows = []
-        for i, name in enumerate(names):
-            clean = crops[name]
-            outs = {
-                "noisy input": noisy[i],
-                "NL-means": nlm(noisy[i]),
-                "wavelet": wavelet(noisy[i]),
-                MODEL: ours[i],
-                MODEL_SIGMA: run_pipeline(pipe, noisy[i], seed=i, noise_level=float(sigma)),
-            }
-            row: dict = {"image": name}
-            for k, v in outs.items():
-                dist, change = chroma(clean, v)
-                row[k] = {"psnr": psnr(clean, v), "ssim": ssim(clean, v),
-                          "chroma_error": dist, "chroma_change": change}  # fmt: skip
-            rows.append(row)
-        keys = [k for k in rows[0] if k != "image"]
-        res = summarise(rows, keys)
-        res["per_image"] = rows
-        res["margins"] = {
-            "vs NL-means min": round(
-                min(r[MODEL]["psnr"] - r["NL-means"]["psnr"] for r in rows), 2
-            ),
-            "vs noisy input min": round(
-                min(r[MODEL]["psnr"] - r["noisy input"]["psnr"] for r in rows), 2
-            ),
+def evaluate_denoise(folder: Path, crops: dict[str, np.ndarray], sigma: int) -> dict:
+    """Every method on every crop at one noise level."""
+    model = ProductModel(folder, {"kind": "denoise", "noise_level": sigma})
+    pipe = model.model.pipeline
+    names = list(crops)
+    noisy = [add_noise(crops[n], sigma, seed=1000 * sigma + i) for i, n in enumerate(names)]
+    ours = model(noisy)
+    rows = []
+    for i, name in enumerate(names):
+        clean = crops[name]
+        outs = {
+            "noisy input": noisy[i],
+            "NL-means": nlm(noisy[i]),
+            "wavelet": wavelet(noisy[i]),
+            MODEL: ours[i],
+            MODEL_SIGMA: run_pipeline(pipe, noisy[i], seed=i, noise_level=float(sigma)),
         }
-        results[str(sigma)] = res
-    return results
+        row: dict = {"image": name}
+        for k, v in outs.items():
+            dist, change = chroma(clean, v)
+            row[k] = {"psnr": psnr(clean, v), "ssim": ssim(clean, v),
+                      "chroma_error": dist, "chroma_change": change}  # fmt: skip
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "image"]
+    res = summarise(rows, keys)
+    res["per_image"] = rows
+    res["margins"] = {
+        "vs NL-means min": round(min(r[MODEL]["psnr"] - r["NL-means"]["psnr"] for r in rows), 2),
+        "vs noisy input min": round(
+            min(r[MODEL]["psnr"] - r["noisy input"]["psnr"] for r in rows), 2
+        ),
+    }
+    return res
 
 
-def evaluate_upscale(folder: Path, crops: dict[str, np.ndarray]) -> dict:
-    results: dict = {}
-    for factor in FACTORS:
-        model = ProductModel(folder, {"kind": "upscale", "factor": factor})
-        names = list(crops)
-        lrs = [degrade_lr(crops[n], factor)[0] for n in names]
-        ours = model(lrs)
-        rows = []
-        for i, name in enumerate(names):
-            hr, lr = crops[name], lrs[i]
-            size = (hr.shape[1], hr.shape[0])
-            outs = {
-                "bicubic": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.BICUBIC)),
-                "Lanczos": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.LANCZOS)),
-                MODEL: ours[i],
-            }
-            row: dict = {"image": name}
-            for k, v in outs.items():
-                down = np.asarray(
-                    Image.fromarray(v).resize(lr.shape[1::-1], Image.Resampling.BICUBIC)
-                )
-                row[k] = {"psnr": psnr(hr, v), "ssim": ssim(hr, v), "consistency": psnr(lr, down)}
-            rows.append(row)
-        keys = [k for k in rows[0] if k != "image"]
-        res = summarise(rows, keys)
-        res["per_image"] = rows
-        res["margins"] = {
-            "vs Lanczos min": round(min(r[MODEL]["psnr"] - r["Lanczos"]["psnr"] for r in rows), 2)
+def evaluate_upscale(folder: Path, crops: dict[str, np.ndarray], factor: int) -> dict:
+    """Every method on every crop at one factor."""
+    model = ProductModel(folder, {"kind": "upscale", "factor": factor})
+    names = list(crops)
+    lrs = [degrade_lr(crops[n], factor)[0] for n in names]
+    ours = model(lrs)
+    rows = []
+    for i, name in enumerate(names):
+        hr, lr = crops[name], lrs[i]
+        size = (hr.shape[1], hr.shape[0])
+        outs = {
+            "bicubic": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.BICUBIC)),
+            "Lanczos": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.LANCZOS)),
+            MODEL: ours[i],
         }
-        results[str(factor)] = res
-    return results
+        row: dict = {"image": name}
+        for k, v in outs.items():
+            down = np.asarray(Image.fromarray(v).resize(lr.shape[1::-1], Image.Resampling.BICUBIC))
+            row[k] = {"psnr": psnr(hr, v), "ssim": ssim(hr, v), "consistency": psnr(lr, down)}
+        rows.append(row)
+    keys = [k for k in rows[0] if k != "image"]
+    res = summarise(rows, keys)
+    res["per_image"] = rows
+    res["margins"] = {
+        "vs Lanczos min": round(min(r[MODEL]["psnr"] - r["Lanczos"]["psnr"] for r in rows), 2)
+    }
+    return res
 
 
 # --- generator -----------------------------------------------------------------------------------
@@ -246,19 +238,25 @@ def evaluate_upscale(folder: Path, crops: dict[str, np.ndarray]) -> dict:
 def random_conv_features(imgs: np.ndarray, seed: int = 0) -> np.ndarray:
     """Features of grey images (N,H,W) uint8 from a fixed, randomly initialised conv net.
 
-    A stand-in for a learned feature space (none can be downloaded here): three random conv
-    layers with ReLU and pooling, then per-channel spatial mean and standard deviation (so both
-    what a face is made of and how much of it there is count). Seeded, so every run and every
-    model is measured in the same space.
+    A stand-in for a learned feature space (none can be downloaded here). Three layers of random
+    zero-mean (band-pass, so blind to plain brightness) filters; per filter the spatial mean of
+    |response| and its RMS — their ratio measures how sparse, edge-like, the responses are, which
+    is where real faces differ from a Gaussian with the same pixel covariance — and, after ReLU
+    and pooling, a 2×2 layout of four channels per layer. 192 numbers per image. Seeded, so every
+    run and every model is measured in the same space. Measured (training faces as reference):
+    KID of their mirror images −0.04, of a Gaussian fit 0.41, of the faces blurred by 1 px 14.
     """
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1.0)[:, None]
     feats = []
-    for cin, cout, k in ((1, 32, 5), (32, 64, 3), (64, 128, 3)):
-        w = torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k)) ** 0.5
-        x = torch.relu(torch.nn.functional.conv2d(x, w, padding=k // 2))
-        x = torch.nn.functional.avg_pool2d(x, 2)
-        feats += [x.mean(dim=(2, 3)), x.std(dim=(2, 3))]
+    for cin, cout, k in ((1, 24, 5), (24, 24, 3), (24, 24, 3)):
+        w = torch.randn(cout, cin, k, k, generator=g)
+        w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+        w = w / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        r = torch.nn.functional.conv2d(x, w, padding=k // 2)
+        feats += [r.abs().mean(dim=(2, 3)), r.pow(2).mean(dim=(2, 3)).sqrt()]
+        x = torch.nn.functional.avg_pool2d(torch.relu(r), 2)
+        feats.append(torch.nn.functional.adaptive_avg_pool2d(x[:, :4], 2).flatten(1))
     return torch.cat(feats, dim=1).double().numpy()
 
 
@@ -318,7 +316,7 @@ def sample_generator(folder: Path, n: int, seed: int = 0) -> tuple[np.ndarray, s
         return np.repeat(grey[..., None], 3, axis=-1), how
 
 
-def evaluate_generator(folder: Path, n: int = 200) -> dict:
+def evaluate_generator(folder: Path, n: int = 128) -> dict:
     faces = faces_32()
     imgs, how = sample_generator(folder, n)
     grey = imgs.astype(np.float64).mean(-1)
@@ -327,10 +325,13 @@ def evaluate_generator(folder: Path, n: int = 200) -> dict:
     flat = faces.reshape(len(faces), -1).astype(np.float64)
     gauss = rng.multivariate_normal(flat.mean(0), np.cov(flat, rowvar=False), size=n)
     gauss = np.clip(gauss, 0, 255).round().reshape(n, 32, 32).astype(np.uint8)
-    ref = random_conv_features(faces)
+    raw = random_conv_features(faces)
+    mu, sd = raw.mean(0), raw.std(0) + 1e-8  # standardised by the reference: scale-free scores
+    ref = (raw - mu) / sd
     scores = {}
-    for name, sample in (("model", grey.round().astype(np.uint8)), ("Gaussian fit", gauss)):
-        f = random_conv_features(sample)
+    for name, sample in (("model", grey.round().astype(np.uint8)), ("Gaussian fit", gauss),
+                         ("training faces, mirrored", faces[:, :, ::-1].copy())):  # fmt: skip
+        f = (random_conv_features(sample) - mu) / sd
         scores[name] = {"kid": kernel_inception_distance(f, ref), "fid": frechet_distance(f, ref)}
     nn_psnr = [max(psnr(f, s) for f in faces) for s in grey.round().astype(np.uint8)[: min(n, 64)]]
     return {
@@ -432,41 +433,58 @@ def markdown(res: dict) -> str:
             "",
         ]
     lines.append(
-        f"Runtime: {res['seconds']:.0f} s on CPU ({res['threads']} threads), baselines included."
+        f"Runtime: {res['seconds']:.0f} s wall on CPU ({res['workers']} processes of "
+        f"{res['threads']} thread), baselines included."
     )
     return "\n".join(lines) + "\n"
 
 
+def _job(kind: str, arg: int, bundled: str, threads: int) -> tuple[str, int, dict]:
+    torch.set_num_threads(threads)
+    folder = Path(bundled)
+    if kind == "denoise":
+        return kind, arg, evaluate_denoise(folder / "sr3-denoise", held_out_crops(), arg)
+    if kind == "upscale":
+        return kind, arg, evaluate_upscale(folder / "sr3-upscale", held_out_crops(), arg)
+    return kind, arg, evaluate_generator(folder / "ddim-faces32")
+
+
 def main() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
     p = argparse.ArgumentParser(description="Evaluate augflow's bundled models.")
     p.add_argument("--out", default="docs/bundled-eval.md")
     p.add_argument("--bundled", default=str(BUNDLED))
     p.add_argument("--only", choices=["denoise", "upscale", "generate"], default=None)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=3, help="processes (one σ/factor/model each)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--grid", default="docs/images/bundled-faces-grid.png",
                    help="PNG path for the generator's 8×8 sample grid")  # fmt: skip
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    bundled = Path(args.bundled)
-    crops = held_out_crops()
+    jobs = [("denoise", s) for s in SIGMAS] + [("upscale", f) for f in FACTORS]
+    jobs += [("generate", 0)]
+    jobs = [j for j in jobs if args.only in (None, j[0])]
     t0 = time.time()
-    res: dict = {"crops": list(crops)}
-    if args.only in (None, "denoise"):
-        res["denoise"] = evaluate_denoise(bundled / "sr3-denoise", crops)
-    if args.only in (None, "upscale"):
-        res["upscale"] = evaluate_upscale(bundled / "sr3-upscale", crops)
-    if args.only in (None, "generate"):
-        res["generate"] = evaluate_generator(bundled / "ddim-faces32")
-        grid = res["generate"].pop("grid")
-        if args.grid:
-            save_grid(grid, Path(args.grid))
+    res: dict = {"crops": list(held_out_crops())}
+    # Independent jobs in separate processes: the evaluation is CPU-bound and single-threaded.
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = [pool.submit(_job, k, a, args.bundled, args.threads) for k, a in jobs]
+        for fut in futures:
+            kind, arg, out = fut.result()
+            if kind == "generate":
+                grid = out.pop("grid")
+                if args.grid:
+                    save_grid(grid, Path(args.grid))
+                res["generate"] = out
+            else:
+                res.setdefault(kind, {})[str(arg)] = out
     res["seconds"] = round(time.time() - t0, 1)
-    res["threads"] = args.threads
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(res))
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    print(out.read_text())
+    res["workers"], res["threads"] = args.workers, args.threads
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(markdown(res))
+    out_path.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    print(out_path.read_text())
 
 
 if __name__ == "__main__":
