@@ -112,9 +112,10 @@ def request_for(folder: Path, operation: dict[str, Any], seed: int = 0) -> Any:
         "dataset": "bundled-eval",
         "operation": operation,
         "model": {"id": str(folder)},
-        "inputs": "/dev/null",
         "seed": seed,
     }
+    if operation["kind"] != "generate":
+        data["inputs"] = "/dev/null"  # never read: AugmentModel is handed the images
     if AugmentRequest.model_fields["steps"].default is not None:
         index = json.loads((folder / "model_index.json").read_text())
         data["steps"] = int(index.get("default_steps", 50))
@@ -302,6 +303,9 @@ def sample_generator(folder: Path, n: int, seed: int = 0) -> tuple[np.ndarray, s
             for i in range(n)
         ]  # fmt: skip
         outs = model.model(items, [None] * n)
+        failed = [o.error for o in outs if o.png is None]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {n} items failed: {failed[0]}")
         imgs = [np.asarray(Image.open(io.BytesIO(o.png)).convert("RGB")) for o in outs]  # type: ignore[arg-type]
         return np.stack(imgs), "augflow run (AugmentModel)"
     except Exception as exc:

@@ -145,3 +145,25 @@ def test_none_steps_use_the_default() -> None:
         pipe(cond, gens([3]), num_inference_steps=3, noise_level=10.0),
         pipe(cond, gens([3]), num_inference_steps=1, noise_level=10.0),
     )
+
+
+def test_scale_x_t_makes_the_single_step_a_regression() -> None:
+    # At t = T-1 x_t is pure noise; scaled by sqrt(alpha_bar) ~ 0.006 it barely reaches the net,
+    # so the seed (the noise) hardly matters, unlike the unscaled model's.
+    cond = torch.rand(1, 3, 16, 16) * 2 - 1
+    plain = tiny_pipe("upscale")
+    scaled = tiny_pipe("upscale")
+    scaled.register_to_config(scale_x_t=True)
+    d_plain = (plain(cond, gens([1]), 1) - plain(cond, gens([2]), 1)).abs().max()
+    d_scaled = (scaled(cond, gens([1]), 1) - scaled(cond, gens([2]), 1)).abs().max()
+    assert d_scaled < 0.05 * d_plain
+
+
+def test_self_ensemble_averages_the_eight_views() -> None:
+    pipe = tiny_pipe("upscale")
+    cond = torch.rand(1, 3, 20, 12) * 2 - 1
+    single = pipe(cond, gens([0]), 1)
+    pipe.register_to_config(self_ensemble=8)
+    ens = pipe(cond, gens([0]), 1)
+    assert ens.shape == cond.shape and not torch.allclose(ens, single)
+    assert torch.equal(ens, pipe(cond, gens([0]), 1))  # deterministic
