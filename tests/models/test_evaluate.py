@@ -94,7 +94,7 @@ def test_product_model_runs_augment_model(
 ) -> None:
     folder = make_tiny_sr3(tmp_path / task, task=task)
     model = ProductModel(folder, operation)
-    assert model.model.family == "sr3"
+    assert model.model.family.name == "sr3"
     src = _colourful(size=32)[: size[1], : size[0]]
     out = model([src, src])
     assert [o.shape for o in out] == [(expected[1], expected[0], 3)] * 2
