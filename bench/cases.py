@@ -122,7 +122,12 @@ def eff_augflow(p: dict[str, Any]) -> dict[str, Any]:
     request = _request(Path(p["model"]), p["out"], p["n"], p)
     events: list[tuple[float, int]] = []
     t0 = time.time()
-    with progress.listening(lambda r: events.append((time.time(), r.num_rows))):
+
+    def on_event(event: progress.Event) -> None:
+        if isinstance(event, progress.ShardResult):
+            events.append((time.time(), event.num_rows))
+
+    with progress.listening(on_event):
         state = augment(request, return_state=True)
     outcome = state.result()
     wall = time.time() - t0

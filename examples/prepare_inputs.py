@@ -14,11 +14,11 @@ from PIL import Image
 
 from augflow.models.training.data import HELD_OUT, load_photo
 
-CROPS = {  # (photo, top, left): faces, textures and edges a person can judge at a glance
-    "astronaut-face": ("astronaut", 40, 150),
-    "astronaut-suit": ("astronaut", 330, 330),
-    "coffee-cup": ("coffee", 100, 200),
-    "camera-man": ("camera", 70, 200),
+CROPS = {  # (photo, top, left): edges, foliage, saturated colour and texture at a glance
+    "china-temple": ("china", 130, 120),
+    "china-trees": ("china", 280, 420),
+    "flower-petals": ("flower", 150, 300),
+    "aero-texture": ("aero", 150, 180),
 }
 SIZE = 96
 SIGMA = 25.0

@@ -283,10 +283,16 @@ class Img2ImgOp(OperationSpec):
 
 
 class DenoiseOp(OperationSpec):
-    """Remove Gaussian noise of standard deviation ``noise_level`` (0–255 scale) from inputs."""
+    """Remove Gaussian noise of standard deviation ``noise_level`` (0–255 scale) from inputs.
+
+    Unset, each image's σ is estimated from the image itself (a robust wavelet estimate), which
+    is what to do when inputs are noisy to different degrees.
+    """
 
     kind: Literal["denoise"] = "denoise"
-    noise_level: float = Field(default=25.0, gt=0.0, le=128.0)
+    noise_level: float | None = Field(
+        default=None, gt=0.0, le=128.0, description="σ of the input noise; unset: estimated"
+    )
 
 
 class UpscaleOp(OperationSpec):

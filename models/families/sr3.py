@@ -22,7 +22,7 @@ from augflow.models.images import pil_to_tensor
 from augflow.models.sr3 import SR3Pipeline
 from augflow.schemas.errors import ModelLoadError
 from augflow.schemas.records import WorkItem
-from augflow.schemas.request import UpscaleOp
+from augflow.schemas.request import DenoiseOp, UpscaleOp
 
 OPERATIONS = "denoise and upscale"
 #: inputs are reflect-padded to a multiple of this before SR3Pipeline tiles them
@@ -78,9 +78,14 @@ class SR3Family:
         return Computed(x, list(srcs))
 
     def _restore(self, cond: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if isinstance(self.op, DenoiseOp):
+            # None: the pipeline estimates each image's σ itself
+            kwargs["noise_level"] = self.op.noise_level
         out = self.pipe(
             cond.to(self.ctx.torch_device, self.ctx.dtype),
             generator=gens,
             num_inference_steps=self.steps,
+            **kwargs,
         )
         return out.float()

@@ -52,6 +52,7 @@ from augflow.schemas.request import (
 )
 
 DENOISE_STRENGTH_RANGE = (0.1, 0.6)
+DEFAULT_SIGMA = 25.0
 OPERATIONS = "generate, img2img, denoise, upscale and inpaint"
 
 
@@ -144,7 +145,9 @@ class TextLatentFamily:
             return float(op.strength)
         if isinstance(op, DenoiseOp):
             lo, hi = DENOISE_STRENGTH_RANGE
-            return min(hi, max(lo, op.noise_level / 100.0))
+            # latent noise has no exact pixel-σ equivalent; unset σ uses a typical 25
+            sigma = op.noise_level if op.noise_level is not None else DEFAULT_SIGMA
+            return min(hi, max(lo, sigma / 100.0))
         return None
 
     # --- sizes -------------------------------------------------------------------------------

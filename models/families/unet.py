@@ -33,6 +33,7 @@ from augflow.models.families.common import (
     unsupported,
 )
 from augflow.models.images import pil_to_tensor
+from augflow.models.sr3 import estimate_noise_sigma
 from augflow.schemas.errors import ModelLoadError, RequestError
 from augflow.schemas.records import WorkItem
 from augflow.schemas.request import DenoiseOp, GenerateOp, Img2ImgOp, UpscaleOp
@@ -170,7 +171,7 @@ class UNetFamily:
             x = run_padded(
                 self._pixels(srcs),
                 self._pad_multiple(),
-                lambda c: self._denoise_with_prior(c, noise_level),
+                lambda c: self._denoise_each(c, noise_level),
             )
             inits = srcs
         else:
@@ -259,6 +260,18 @@ class UNetFamily:
             out = unet(inp, t, class_labels=labels).sample
             x = sched.step(out, t, x, **step_kw).prev_sample
         return x.float()
+
+    def _denoise_each(self, y: torch.Tensor, noise_level: float | None) -> torch.Tensor:
+        """Denoise at the request's σ, or (unset) at each image's own estimated σ."""
+        if noise_level is not None:
+            return self._denoise_with_prior(y, noise_level)
+        sigmas = estimate_noise_sigma(y[:, :3] if y.shape[1] >= 3 else y.repeat(1, 3, 1, 1))
+        return torch.cat(
+            [
+                self._denoise_with_prior(y[i : i + 1], max(float(s), 0.5))
+                for i, s in enumerate(sigmas)
+            ]
+        )
 
     def _denoise_with_prior(self, y: torch.Tensor, noise_level: float) -> torch.Tensor:
         """Denoise with an unconditional prior by entering the reverse process mid-way.

@@ -20,11 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _rows(root: Path, name: str) -> list[dict]:
-    entry = get_version(Storage(str(root)), name, "latest")
-    assert entry.checks.passed
-    return [
-        r for f in entry.files for r in pq.read_table(f.uri.removeprefix("file://")).to_pylist()
-    ]
+    storage = Storage(str(root))
+    entry = get_version(storage, name, "latest")
+    assert entry.quality.passed
+    return [r for f in entry.files for r in pq.read_table(storage.path(f.key)).to_pylist()]
 
 
 def _t2i(model: Path, root: Path, device: str = "cpu") -> object:

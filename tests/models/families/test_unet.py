@@ -12,6 +12,7 @@ from dummy_models import items_for, make_request, photo, png_size
 from PIL import Image
 
 from augflow.models.families.unet import UNetFamily
+from augflow.models.images import pil_to_tensor
 from augflow.models.loading import SCHEDULER_CLASSES
 from augflow.models.runner import AugmentModel, ImageOutput
 from augflow.schemas import ModelLoadError, RequestError
@@ -67,6 +68,27 @@ def test_denoise_keeps_any_size(ddpm_dir: Path, size: tuple[int, int]) -> None:
     _ok(outs)
     assert _sizes(outs) == [size] * 2
     assert model.expected_size(size) == size
+
+
+def test_denoise_without_a_sigma_estimates_each_images_own(ddpm_dir: Path) -> None:
+    from augflow.models.sr3 import estimate_noise_sigma
+
+    rng = np.random.default_rng(0)
+    base = np.asarray(photo(24, 24), dtype=np.float64)
+    noisy = [
+        Image.fromarray(np.clip(base + rng.normal(0, s, base.shape), 0, 255).astype(np.uint8))
+        for s in (10, 60)
+    ]
+    est = estimate_noise_sigma(pil_to_tensor(noisy))
+    assert est[0] < est[1]  # the estimator tells the two noise levels apart
+    unset = make_request(ddpm_dir, {"kind": "denoise"})
+    outs = AugmentModel(unset, "cpu")(items_for(unset, 2), noisy)
+    _ok(outs)
+    # unset = each image at its own σ: the same as asking for that σ explicitly, image by image
+    for img, sigma, out in zip(noisy, est, outs, strict=True):
+        fixed = make_request(ddpm_dir, {"kind": "denoise", "noise_level": max(float(sigma), 0.5)})
+        (again,) = AugmentModel(fixed, "cpu")(items_for(fixed, 1), [img])
+        assert again.png == out.png
 
 
 @pytest.mark.parametrize("factor", [2, 4])
