@@ -195,7 +195,8 @@ def sr3_batch(
             v = c.astype(np.float32) + s * rng.standard_normal(c.shape).astype(np.float32)
             noisy.append(np.clip(v, 0, 255).round().astype(np.uint8))
         return x0, to_tensor(noisy), sig
-    filters, probs = zip(*DOWN_FILTERS, strict=True)
+    filters = [f for f, _ in DOWN_FILTERS]
+    probs = [p for _, p in DOWN_FILTERS]
     ups = []
     for c in crops:
         f = int(rng.choice(FACTORS))
