@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from augflow.models.loading import load_pipeline
-from augflow.models.training.train import Ema, learning_rate, sr3_batch, train
+from augflow.models.training.train import (
+    Ema,
+    learning_rate,
+    random_crops,
+    sr3_batch,
+    texture,
+    train,
+)
 from augflow.schemas.request import ModelSpec
 
 
@@ -41,6 +48,17 @@ def test_sr3_batches_pair_a_clean_crop_with_its_degraded_condition(kind: str) ->
         assert (sig == 0).all()
 
 
+def test_pick_prefers_detailed_crops() -> None:
+    # left half flat grey, right half noise: with pick=1 about half the crops are flat
+    img = np.full((64, 128, 3), 128, dtype=np.uint8)
+    img[:, 64:] = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    flat = sum(texture(c) < 1 for c in random_crops([img], np.random.default_rng(0), 40, 16))
+    picky = sum(
+        texture(c) < 1 for c in random_crops([img], np.random.default_rng(0), 40, 16, pick=4)
+    )
+    assert flat >= 8 and picky < flat / 4
+
+
 def test_ema_moves_towards_the_model() -> None:
     model = torch.nn.Linear(2, 2)
     ema = Ema(model, decay=0.9)
@@ -57,6 +75,7 @@ def _args(out: Path, steps: int) -> argparse.Namespace:
     return argparse.Namespace(
         kind="generate", out=str(out), ckpt=str(out.parent / "ckpt.pt"), steps=steps, batch=2,
         patch=32, lr=1e-3, ema=0.9, p_last=0.85, seed=0, threads=1, save_every=1, bf16=False,
+        until=None, pick=1,
     )  # fmt: skip
 
 
