@@ -150,16 +150,13 @@ def random_crops(
     probs = np.sqrt(areas) / np.sqrt(areas).sum()  # big photos more, not overwhelmingly
     out = []
     for _ in range(n):
-        best, best_score = None, -1.0
+        candidates = []
         for _ in range(max(1, pick)):
             img = photos[rng.choice(len(photos), p=probs)]
             y = rng.integers(0, img.shape[0] - size + 1)
             x = rng.integers(0, img.shape[1] - size + 1)
-            cand = img[y : y + size, x : x + size]
-            score = texture(cand) if pick > 1 else 0.0
-            if score > best_score:
-                best, best_score = cand, score
-        c = best
+            candidates.append(img[y : y + size, x : x + size])
+        c = max(candidates, key=texture) if pick > 1 else candidates[0]
         if rng.random() < 0.5:
             c = c[:, ::-1]
         c = np.rot90(c, k=int(rng.integers(0, 4)))
