@@ -112,5 +112,7 @@ def tiled_apply(
                 wt = weights[(y, xx)].to(x.device)
                 acc[:, y : y + th, xx : xx + tw] += r.float() * wt
                 wsum[y : y + th, xx : xx + tw] += wt
+        if acc is None:  # only when there are no tiles, i.e. an empty image
+            raise ValueError(f"cannot tile an image of {h}x{w} pixels")
         outs.append((acc / wsum)[:, :h, :w])
     return torch.stack(outs).to(x.dtype)

@@ -42,9 +42,9 @@ FACTORS = (2, 4)
 #: Down-sampling filters for upscaler training and their probabilities: mostly bicubic (what the
 #: evaluation and most users do), some Lanczos and box so other ways of shrinking still work.
 DOWN_FILTERS = (
-    (Image.Resampling.BICUBIC, 0.6),
-    (Image.Resampling.LANCZOS, 0.25),
-    (Image.Resampling.BOX, 0.15),
+    (Image.Resampling.BICUBIC, 0.8),
+    (Image.Resampling.LANCZOS, 0.1),
+    (Image.Resampling.BOX, 0.1),
 )
 SPACE_TO_DEPTH = 2
 #: UNet widths per level (after space-to-depth). Sized for the 15 MB budget of the three models
@@ -131,18 +131,32 @@ def sampled_timesteps(scheduler: DDIMScheduler, max_steps: int = 4) -> list[int]
 # --- data --------------------------------------------------------------------------------------
 
 
+def texture(crop: np.ndarray) -> float:
+    """Mean absolute difference between neighbouring pixels (grey): how much detail a crop has."""
+    g = crop.astype(np.float32).mean(axis=2)
+    return float(np.abs(np.diff(g, axis=0)).mean() + np.abs(np.diff(g, axis=1)).mean())
+
+
 def random_crops(
-    photos: list[np.ndarray], rng: np.random.Generator, n: int, size: int
+    photos: list[np.ndarray], rng: np.random.Generator, n: int, size: int, pick: int = 1
 ) -> list[np.ndarray]:
-    """Random crops with random flips and 90° rotations, photos drawn in proportion to √area."""
+    """Random crops with random flips and 90° rotations, photos drawn in proportion to √area.
+
+    ``pick`` > 1 draws that many candidate crops for each one returned and keeps the one with the
+    most detail (``texture``): many training photos are largely flat (sky, page, moon, cells), and
+    flat crops teach an upscaler nothing, so they only dilute its batches.
+    """
     areas = np.array([p.shape[0] * p.shape[1] for p in photos], dtype=np.float64)
     probs = np.sqrt(areas) / np.sqrt(areas).sum()  # big photos more, not overwhelmingly
     out = []
     for _ in range(n):
-        img = photos[rng.choice(len(photos), p=probs)]
-        y = rng.integers(0, img.shape[0] - size + 1)
-        x = rng.integers(0, img.shape[1] - size + 1)
-        c = img[y : y + size, x : x + size]
+        candidates = []
+        for _ in range(max(1, pick)):
+            img = photos[rng.choice(len(photos), p=probs)]
+            y = rng.integers(0, img.shape[0] - size + 1)
+            x = rng.integers(0, img.shape[1] - size + 1)
+            candidates.append(img[y : y + size, x : x + size])
+        c = max(candidates, key=texture) if pick > 1 else candidates[0]
         if rng.random() < 0.5:
             c = c[:, ::-1]
         c = np.rot90(c, k=int(rng.integers(0, 4)))
@@ -182,10 +196,15 @@ def to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
 
 
 def sr3_batch(
-    task: str, photos: list[np.ndarray], rng: np.random.Generator, n: int, size: int
+    task: str,
+    photos: list[np.ndarray],
+    rng: np.random.Generator,
+    n: int,
+    size: int,
+    pick: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(clean x0, condition, σ per crop — zeros for upscale) in [-1,1] for one training batch."""
-    crops = [colour_jitter(c, rng) for c in random_crops(photos, rng, n, size)]
+    crops = [colour_jitter(c, rng) for c in random_crops(photos, rng, n, size, pick)]
     x0 = to_tensor(crops)
     if task == "denoise":
         sig = rng.uniform(*SIGMA_RANGE, size=n).astype(np.float32)
@@ -195,7 +214,8 @@ def sr3_batch(
             v = c.astype(np.float32) + s * rng.standard_normal(c.shape).astype(np.float32)
             noisy.append(np.clip(v, 0, 255).round().astype(np.uint8))
         return x0, to_tensor(noisy), sig
-    filters, probs = zip(*DOWN_FILTERS, strict=True)
+    filters = [f for f, _ in DOWN_FILTERS]
+    probs = [p for _, p in DOWN_FILTERS]
     ups = []
     for c in crops:
         f = int(rng.choice(FACTORS))
@@ -294,7 +314,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"resumed from {ckpt_path} at step {start}", flush=True)
     t0 = time.time() - elapsed_before
     print(f"{kind}: {n_params / 1e6:.2f} M params", flush=True)
-    for step in range(start + 1, args.steps + 1):
+    last_step = min(args.steps, args.until) if args.until else args.steps
+    for step in range(start + 1, last_step + 1):
         lr = learning_rate(step, args.steps, args.lr)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -309,7 +330,7 @@ def train(args: argparse.Namespace) -> None:
             loss = F.mse_loss(eps.float(), noise)
         else:
             assert pipe is not None
-            x0, cond, sig = sr3_batch(kind, photos, rng, args.batch, args.patch)
+            x0, cond, sig = sr3_batch(kind, photos, rng, args.batch, args.patch, args.pick)
             last = rng.random(args.batch) < args.p_last
             t_np = np.where(last, ts_last, rng.choice(ts_other, size=args.batch))
             t = torch.from_numpy(t_np.astype(np.int64))
@@ -342,7 +363,7 @@ def train(args: argparse.Namespace) -> None:
                 f"{rate:.2f}s/step {elapsed / 60:.1f}min",
                 flush=True,
             )
-        if step % args.save_every == 0 or step == args.steps:
+        if step % args.save_every == 0 or step == last_step:
             log.update(steps=step, minutes=round(elapsed / 60, 2),
                        final_loss=float(np.mean(losses[-200:])))  # fmt: skip
             export(kind, ema.model, Path(args.out), log)
@@ -367,11 +388,15 @@ def main() -> None:
         "--ckpt", default=None, help="resumable checkpoint file (default: next to --out)"
     )
     p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--until", type=int, default=None,
+                   help="stop (and save) after this step; rerun with a larger --until or none to go on")  # fmt: skip
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--p-last", type=float, default=0.85, help="share of samples at t = T-1")
+    p.add_argument("--pick", type=int, default=1,
+                   help="SR3: candidate crops per crop, the most detailed kept (1: any crop)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save-every", type=int, default=250)
