@@ -167,8 +167,8 @@ def _open(data: bytes, name: str, limits: DecodeLimits) -> Decoded:
     _check_size(img.size, name, limits)
     note = _frames(img, fmt, name)
     img.load()
-    img, exif_note = _orient(img)
-    rgb = _to_rgb(img, name)
+    oriented, exif_note = _orient(img)
+    rgb = _to_rgb(oriented, name)
     notes = [n for n in (note, exif_note) if n]
     return Decoded(rgb, "; ".join(notes) or None)
 
