@@ -248,3 +248,38 @@ def test_plan_and_run_refuse_bad_inputs_and_requests_with_exit_2(tmp_path: Path)
             assert proc.returncode == 2, (what, command, proc.stderr)
             assert "error:" in proc.stderr and "Traceback" not in proc.stderr, (what, command)
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+@pytest.mark.slow
+def test_run_summary_shows_the_skips(tiny_model: Path, tmp_path: Path, prefect_server: str) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i, crop in enumerate(photo_crops(2, size=24)):
+        (inputs / f"photo-{i}.png").write_bytes(_bytes(crop, "PNG"))
+    (inputs / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (inputs / "._photo-0.png").write_bytes(b"AppleDouble")
+    (inputs / "_SUCCESS").write_bytes(b"")
+    req = _write(
+        tmp_path / "req.yaml",
+        {
+            "dataset": "skips",
+            "operation": {"kind": "denoise", "noise_level": 20},
+            "inputs": str(inputs),
+            "model": {"id": str(tiny_model)},
+            "output": str(tmp_path / "out"),
+            "steps": 2,
+            "execution": {"workers": 1},
+        },
+    )
+    proc = subprocess.run(
+        [*AUGFLOW, "run", str(req)],
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = proc.stdout + proc.stderr
+    assert "2 rows (0 quarantined)" in summary, summary[-2000:]
+    assert f"skipped 2 input objects: {SKIP_HIDDEN}" in summary
+    assert f"skipped 1 input object: {SKIP_DATASET_METADATA}" in summary
