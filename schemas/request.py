@@ -342,6 +342,17 @@ class ExecutionSpec(Frozen):
         return data
 
 
+class CardSpec(Frozen):
+    """What the dataset card at the output root says about this dataset (issue 15). Describes the
+    data, never changes it: not part of the request hash. The newest version's card is shown."""
+
+    license: str | None = Field(
+        default=None, description="license id, e.g. 'cc-by-4.0' (Hugging Face card `license`)"
+    )
+    tags: list[str] = Field(default_factory=list, description="card `tags`, e.g. ['faces']")
+    description: str | None = Field(default=None, description="a paragraph about the dataset")
+
+
 class AugmentRequest(Frozen):
     """One dataset request. Validate with :func:`parse_request` for field-named errors."""
 
@@ -369,6 +380,7 @@ class AugmentRequest(Frozen):
     quality: QualityThresholds = QualityThresholds()
     compute: ComputeSpec = ComputeSpec()
     execution: ExecutionSpec = ExecutionSpec()
+    card: CardSpec = CardSpec()
 
     @field_validator("dataset")
     @classmethod
@@ -413,8 +425,8 @@ class AugmentRequest(Frozen):
 
     # --- identity -------------------------------------------------------------------------
     def hashed_fields(self) -> dict[str, Any]:
-        """The fields that decide output bytes (``output`` and ``execution`` do not)."""
-        data = self.model_dump(mode="json", exclude={"output", "execution"})
+        """The fields that decide output bytes (``output``, ``execution`` and ``card`` do not)."""
+        data = self.model_dump(mode="json", exclude={"output", "execution", "card"})
         op = data["operation"]
         for key in _ADDED_OPTIONAL_OP_FIELDS:
             # fields added after requests were first hashed: left out while unset so every
