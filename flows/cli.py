@@ -164,7 +164,7 @@ def plan(
 ) -> None:
     """Dry run: what a run would compute, reuse and register. Computes nothing, writes nothing."""
     from augflow.schemas import AugflowError
-    from augflow.schemas.errors import VersionNotFoundError
+    from augflow.schemas.errors import StorageError, VersionNotFoundError
     from augflow.tasks import layout as keys
     from augflow.tasks.plan import plan_request
     from augflow.tasks.register import get_version
@@ -179,6 +179,9 @@ def plan(
         except VersionNotFoundError:
             registered = None
         committed = {keys.shard_id_of(k) for k in storage.list(layout.commits)}
+    except StorageError as exc:
+        _error(console, exc)
+        raise typer.Exit(EXIT_FAILED) from None
     except AugflowError as exc:
         _error(console, exc)
         raise typer.Exit(EXIT_BAD_REQUEST) from None

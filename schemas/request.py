@@ -500,7 +500,7 @@ def parse_request(data: Any) -> AugmentRequest:
         if msg.startswith("inputs: "):
             field, msg = "inputs", msg.removeprefix("inputs: ")
         if first["type"] == "extra_forbidden":
-            msg = "is not a field here; check its spelling (the README lists every request field)"
+            msg = "is not a field here; check its spelling (docs/request-reference.md lists every request field)"
         elif first["type"] == "union_tag_invalid":
             msg = f"operation.kind must be one of: {', '.join(OPERATION_KINDS)}"
             field = "operation.kind"
