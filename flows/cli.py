@@ -384,6 +384,8 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
         f"in {time.monotonic() - started:.1f}s"
     )
     storage = Storage(request.output)
+    if outcome.status != "registered":
+        _ensure_card_lists(storage, outcome.ref, say)
     if outcome.preview_uri:
         say.print(f"preview: {outcome.preview_uri}")
     if outcome.report_uri:
@@ -395,6 +397,19 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
     if log_line:
         say.print(log_line)
     show.print(f"{outcome.ref} {outcome.uri}", soft_wrap=True, highlight=False)
+
+
+def _ensure_card_lists(storage: Any, ref: str, say: Console) -> None:
+    """A version registered before roots had cards (or whose card write failed) gets one when
+    its request is run again."""
+    from augflow.tasks.card import read_front_matter, refresh_card
+
+    try:
+        configs = {c.get("config_name") for c in read_front_matter(storage).get("configs", [])}
+        if ref not in configs:
+            refresh_card(storage)
+    except Exception as exc:  # the version is registered either way
+        say.print(f"the dataset card was not updated: {escape(str(exc))}")
 
 
 # --- submit ------------------------------------------------------------------------------------
