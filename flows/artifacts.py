@@ -27,7 +27,8 @@ from prefect.artifacts import (
 from augflow.schemas.records import Plan, ShardResult
 from augflow.schemas.request import AugmentRequest
 from augflow.tasks import progress
-from augflow.tasks.storage import open_uri
+from augflow.tasks.gx_docs import data_docs_uri
+from augflow.tasks.storage import Storage, open_uri
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ def publish_artifacts(
         lines.append(f"- registry entry: `{version_uri}`")
     if report_uri:
         lines.append(f"- quality report: `{report_uri}`")
+        docs = data_docs_uri(Storage(request.output), report_uri)
+        if docs:
+            lines.append(f"- Great Expectations Data Docs: `{docs}`")
     if failed:
         lines += ["", "## Failed checks", *[f"- {f}" for f in failed]]
     if preview_uri:

@@ -364,6 +364,7 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
         for line in exc.failed:
             say.print("  [red]✗[/] " + escape(line))
         say.print(f"report: {exc.report_uri}")
+        _print_data_docs(Storage(request.output), exc.report_uri, say)
         if log_line:
             say.print(log_line)
         raise typer.Exit(EXIT_CHECKS_FAILED) from None
@@ -390,6 +391,7 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
         say.print(f"preview: {outcome.preview_uri}")
     if outcome.report_uri:
         say.print(f"quality report: {outcome.report_uri}")
+        _print_data_docs(storage, outcome.report_uri, say)
     say.print(
         f"card: {storage.uri(layout.DATASET_CARD)} "
         f"(datasets.load_dataset(ROOT, {outcome.dataset!r}) or {outcome.ref!r})"
@@ -397,6 +399,16 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
     if log_line:
         say.print(log_line)
     show.print(f"{outcome.ref} {outcome.uri}", soft_wrap=True, highlight=False)
+
+
+def _print_data_docs(storage: Any, report_uri: str, say: Console) -> None:
+    """Name the GX Data Docs beside a quality report, when they were written (a version
+    validated before augflow wrote them, or whose rendering failed, has none)."""
+    from augflow.tasks.gx_docs import data_docs_uri
+
+    docs = data_docs_uri(storage, report_uri)
+    if docs:
+        say.print(f"data docs: {docs}")
 
 
 def _ensure_card_lists(storage: Any, ref: str, say: Console) -> None:

@@ -19,13 +19,14 @@ from augflow.schemas.records import Plan, ShardResult, ShardSpec
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
-def _request(dataset: str = "cats.v2_x"):
+def _request(dataset: str = "cats.v2_x", **more: str):
     return parse_request(
         {
             "dataset": dataset,
             "operation": {"kind": "img2img", "variants": 2},
             "inputs": "/in",
             "model": {"id": "tiny-model"},
+            **more,
         }
     )
 
@@ -83,8 +84,12 @@ def _preview(tmp_path: Path, size: tuple[int, int] = (1024, 512)) -> str:
 
 
 def test_a_registered_run_publishes_a_summary_and_a_shard_table(tmp_path: Path) -> None:
-    request = _request()
+    request = _request(output=str(tmp_path / "out"))
     preview = _preview(tmp_path)
+    # the gate's report and, beside it, its GX Data Docs (tasks/gx_docs.py)
+    docs = tmp_path / "out" / "runs/0123456789abcdef/v-v123/quality/data-docs/index.html"
+    docs.parent.mkdir(parents=True)
+    docs.write_text("<html></html>")
     results = [_result("s1", "computed", 3, quarantined=1), _result("s2", "skipped", 2)]
     artifacts = _publish_in_a_flow(
         request=request,
@@ -92,7 +97,7 @@ def test_a_registered_run_publishes_a_summary_and_a_shard_table(tmp_path: Path) 
         results=results,
         status="registered",
         version_uri="file:///out/registry/cats.v2_x/versions/v123.json",
-        report_uri="file:///out/runs/0123456789abcdef/v-v123/quality/report.md",
+        report_uri=f"file://{tmp_path}/out/runs/0123456789abcdef/v-v123/quality/report.md",
         failed=[],
         preview_uri=preview,
     )
@@ -108,7 +113,8 @@ def test_a_registered_run_publishes_a_summary_and_a_shard_table(tmp_path: Path) 
     assert "- rows: 5 of 6 planned, 1 quarantined" in text
     assert "- shards: 2 (1 computed, 1 already committed)" in text
     assert "- registry entry: `file:///out/registry/cats.v2_x/versions/v123.json`" in text
-    assert "quality report: `file:///out/runs/0123456789abcdef/v-v123/quality/report.md`" in text
+    assert f"quality report: `file://{docs.parent.parent}/report.md`" in text
+    assert f"- Great Expectations Data Docs: `file://{docs}`" in text
     # The Prefect UI cannot fetch file:// (or private S3) links: the preview is inlined as a
     # small PNG thumbnail, and the full-size URI is given as text.
     thumb = text.split("![preview](data:image/png;base64,", 1)[1].split(")", 1)[0]

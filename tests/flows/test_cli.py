@@ -182,6 +182,10 @@ def test_quality_failure_exits_nonzero_with_report(
     assert "nothing was registered" in proc.stderr and "has_nan" in proc.stderr
     report = proc.stderr.rsplit("\nreport: ", 1)[1].split()[0]
     assert Path(report.removeprefix("file://")).is_file()
+    # GX's Data Docs of the failed validation, beside the report, named by the summary
+    docs = proc.stderr.rsplit("\ndata docs: ", 1)[1].split()[0]
+    assert docs == report.rsplit("/", 1)[0] + "/data-docs/index.html"
+    assert Path(docs.removeprefix("file://")).is_file()
     listing = subprocess.run(
         [*AUGFLOW, "datasets", "list", "--json", "--root", str(tmp_path / "out")],
         capture_output=True,
@@ -336,7 +340,7 @@ def test_a_run_keeps_the_terminal_for_augflow_and_names_its_log(
     assert proc.stdout.startswith("quiet@") and len(proc.stdout.splitlines()) == 1
     lines = proc.stderr.splitlines()
     ours = ("starting", "planning", "computing", "validating", "registering", "registered:",
-            "preview:", "quality report:", "card:", "log:")  # fmt: skip
+            "preview:", "quality report:", "data docs:", "card:", "log:")  # fmt: skip
     assert all(line.startswith(ours) for line in lines), proc.stderr
     assert "computing 4 images" in lines
     log = Path(lines[-1].removeprefix("log: "))
@@ -345,3 +349,10 @@ def test_a_run_keeps_the_terminal_for_augflow_and_names_its_log(
     assert "Task run 'execute" in logged  # Prefect's own lines went to the log
     card = (tmp_path / "out" / "README.md").read_text()
     assert "license: mit" in card and "Quiet run." in card
+    # GX Data Docs next to the Markdown report, which stays; no GX line reached the terminal
+    summary = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines if ": " in line}
+    report = Path(summary["quality report"].removeprefix("file://"))
+    docs = Path(summary["data docs"].removeprefix("file://"))
+    assert report.is_file() and docs == report.parent / "data-docs" / "index.html"
+    assert "expectations/augflow-quiet.html" in docs.read_text()
+    assert "great_expectations" not in proc.stderr
