@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,3 +358,43 @@ def test_a_run_keeps_the_terminal_for_augflow_and_names_its_log(
     assert report.is_file() and docs == report.parent / "data-docs" / "index.html"
     assert "expectations/augflow-quiet.html" in docs.read_text()
     assert "great_expectations" not in proc.stderr
+
+
+def _shown(err: io.StringIO) -> str:
+    # the text of the frames drawn so far, without the terminal's escape codes
+    return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", err.getvalue())
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_live_display_shows_the_phase_images_done_rate_and_eta() -> None:
+    from augflow.flows.cli import _Display
+    from augflow.tasks import progress
+
+    class Clock:
+        now = 100.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock, err = Clock(), _Terminal()
+    with _Display(err, "cats") as display:
+        assert display.live  # a terminal gets the live bar, not a line per phase
+        display.tracker = progress.Tracker(clock)
+        display(progress.Planned(total_rows=20, shards=4))
+        display(progress.Phase("computing"))
+        clock.now = 130.0
+        display(progress.RowsDone("a", 1))  # each micro-batch moves the bar
+        display.bar.refresh()
+        assert re.search(r"cats computing .* 1/20 images  –/s  ETA –:––", _shown(err))
+        clock.now = 132.0  # 4 more rows in 2 s after the first batch: 2 rows/s, 15 left
+        display(progress.RowsDone("a", 2))
+        display(progress.RowsDone("b", 2))
+        display.bar.refresh()
+        assert re.search(r"cats computing .* 5/20 images  2\.0/s  ETA 0:08", _shown(err))
+        display(progress.Phase("validating"))
+        display.bar.refresh()
+        assert re.search(r"cats validating .* 5/20 images  2\.0/s", _shown(err))
