@@ -49,7 +49,7 @@ DEMO_HOME := $(CURDIR)/.venv/demo-home
 demo: install
 	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
 	$(BIN)/python examples/prepare_inputs.py examples/inputs
-	HOME=$(DEMO_HOME) $(BIN)/augflow run examples/demo-denoise.yaml --output $(DEMO_ROOT)
+	HOME=$(DEMO_HOME) $(BIN)/augflow run examples/demo-denoise.yaml --root $(DEMO_ROOT)
 	HOME=$(DEMO_HOME) $(BIN)/augflow datasets list --root $(DEMO_ROOT)
 
 # Writes bench/results/bench.json and bench.md; the latest numbers are in docs/benchmarks.md.

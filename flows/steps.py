@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from augflow.flows.artifacts import shard_progress_artifact
 from augflow.schemas.errors import VersionNotFoundError
 from augflow.schemas.quality import QualityReport
 from augflow.schemas.records import Plan, ShardResult
@@ -30,6 +31,7 @@ from augflow.tasks.validate import validate_rows
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_step(request: AugmentRequest) -> Plan:
+    progress.phase("planning")
     plan = plan_request(request)
     progress.emit(progress.Planned.of(plan))
     return plan
@@ -45,11 +47,14 @@ def find_registered_step(request: AugmentRequest, plan: Plan) -> RegistryEntry |
 
 @task(name="execute", cache_policy=NO_CACHE, persist_result=False)
 def execute_step(request: AugmentRequest, plan: Plan) -> list[ShardResult]:
-    return execute_plan(request, plan, on_result=progress.emit)
+    progress.phase("computing")
+    with shard_progress_artifact(request, plan):
+        return execute_plan(request, plan, on_result=progress.emit)
 
 
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)
 def validate_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]) -> QualityReport:
+    progress.phase("validating")
     return validate_rows(
         Storage(request.output),
         request,
@@ -73,6 +78,7 @@ def preview_step(request: AugmentRequest, plan: Plan, results: list[ShardResult]
 def register_step(
     request: AugmentRequest, plan: Plan, results: list[ShardResult], report: QualityReport
 ) -> RegisterOutcome:
+    progress.phase("registering")
     storage = Storage(request.output)
     entry = build_entry(storage, request, plan.version, results, report.summary())
     return register_version(storage, entry)

@@ -24,7 +24,7 @@ output instead of failing the shard.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,8 +148,13 @@ class AugmentModel:
     # --- the call ------------------------------------------------------------------------------
 
     def __call__(
-        self, items: Sequence[WorkItem], sources: Sequence[Image.Image | None]
+        self,
+        items: Sequence[WorkItem],
+        sources: Sequence[Image.Image | None],
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[ImageOutput]:
+        """Outputs in item order; ``on_batch(n)`` is called after each micro-batch of n items
+        (progress reporting)."""
         if len(items) != len(sources):
             raise ValueError(f"{len(items)} items but {len(sources)} sources")
         op = self.op
@@ -169,6 +174,8 @@ class AugmentModel:
                 chunk = idx[k : k + self.micro_batch]
                 self._run_isolated(chunk, items, sources, results)
                 k += len(chunk)
+                if on_batch is not None:
+                    on_batch(len(chunk))
         return [r for r in results if r is not None]
 
     def _run_isolated(

@@ -14,7 +14,8 @@ Messages say what was wrong *and what to do about it*, naming the field, file or
      │    ├── VersionNotFoundError  ``name@version`` is not registered
      │    └── DatasetRefError       a dataset name, version or ``name@version`` is malformed
      ├── ExecutionError          shards failed on the workers after their retries
-     └── QualityGateError        the quality checks failed; nothing was registered
+     ├── QualityGateError        the quality checks failed; nothing was registered
+     └── ExportError             a version cannot be exported where asked
 
 A single bad image is never an error: it becomes a quarantine row with a reason.
 """
@@ -100,3 +101,7 @@ class QualityGateError(AugflowError):
 
     def __reduce__(self):
         return (type(self), (self.dataset, self.failed, self.report_uri))
+
+
+class ExportError(AugflowError):
+    """A registered version cannot be exported to the destination asked for."""

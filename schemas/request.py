@@ -459,6 +459,17 @@ class ExecutionSpec(Frozen):
         return data
 
 
+class CardSpec(Frozen):
+    """What the dataset card at the output root says about this dataset (issue 15). Describes the
+    data, never changes it: not part of the request hash. The newest version's card is shown."""
+
+    license: str | None = Field(
+        default=None, description="license id, e.g. 'cc-by-4.0' (Hugging Face card `license`)"
+    )
+    tags: list[str] = Field(default_factory=list, description="card `tags`, e.g. ['faces']")
+    description: str | None = Field(default=None, description="a paragraph about the dataset")
+
+
 class AugmentRequest(Frozen):
     """One dataset request. Validate with :func:`parse_request` for field-named errors."""
 
@@ -493,6 +504,7 @@ class AugmentRequest(Frozen):
     quality: QualityThresholds = QualityThresholds()
     compute: ComputeSpec = ComputeSpec()
     execution: ExecutionSpec = ExecutionSpec()
+    card: CardSpec = CardSpec()
 
     @field_validator("dataset")
     @classmethod
@@ -545,8 +557,8 @@ class AugmentRequest(Frozen):
 
     # --- identity -------------------------------------------------------------------------
     def hashed_fields(self) -> dict[str, Any]:
-        """The fields that decide output bytes (``output`` and ``execution`` do not)."""
-        data = self.model_dump(mode="json", exclude={"output", "execution"})
+        """The fields that decide output bytes (``output``, ``execution`` and ``card`` do not)."""
+        data = self.model_dump(mode="json", exclude={"output", "execution", "card"})
         op = data["operation"]
         for key in _ADDED_OPTIONAL_OP_FIELDS:
             # fields added after requests were first hashed: left out while unset so every
@@ -630,7 +642,7 @@ def parse_request(data: Any) -> AugmentRequest:
             if msg.startswith(f"{named}: "):
                 field, msg = named, msg.removeprefix(f"{named}: ")
         if first["type"] == "extra_forbidden":
-            msg = "is not a field here; check its spelling (the README lists every request field)"
+            msg = "is not a field here; check its spelling (docs/request-reference.md lists every request field)"
         elif first["type"] == "union_tag_invalid":
             msg = f"operation.kind must be one of: {', '.join(OPERATION_KINDS)}"
             field = "operation.kind"

@@ -7,7 +7,9 @@ from the standard AWS environment or a Prefect Secret block (:mod:`augflow.tasks
 =================================  =========================================================  =======
 variable                           meaning                                                    default
 =================================  =========================================================  =======
-``AUGFLOW_ROOT``                   output root for commands that take ``--root``               ``augflow-data``
+``AUGFLOW_ROOT``                   output root of every command; ``--root`` and a request's    ``augflow-data``
+                                   own ``output`` win over it
+``AUGFLOW_LOG_DIR``                one log per ``augflow run``: Prefect, Ray and GX output     ``~/.augflow/logs``
 ``AUGFLOW_S3_ENDPOINT_URL``        S3 endpoint (else ``AWS_ENDPOINT_URL_S3``,                  AWS
                                    ``AWS_ENDPOINT_URL``)
 ``AUGFLOW_S3_CREDENTIALS_BLOCK``   Prefect block with S3 settings (``name``, ``secret/name``,  unset
@@ -28,6 +30,7 @@ from augflow.schemas.errors import RequestError
 
 ENDPOINT_ENVS = ("AUGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 DEFAULT_ROOT = "augflow-data"
+DEFAULT_LOG_DIR = "~/.augflow/logs"
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -36,6 +39,7 @@ class Settings:
     """augflow's environment settings (see the module docstring for the table)."""
 
     root: str = DEFAULT_ROOT
+    log_dir: str = DEFAULT_LOG_DIR
     s3_endpoint_url: str | None = None
     s3_credentials_block: str | None = None
     s3_forward_credentials: bool = True
@@ -53,6 +57,7 @@ class Settings:
             ) from None
         return cls(
             root=env.get("AUGFLOW_ROOT", "").strip() or DEFAULT_ROOT,
+            log_dir=env.get("AUGFLOW_LOG_DIR", "").strip() or DEFAULT_LOG_DIR,
             s3_endpoint_url=next((env[e] for e in ENDPOINT_ENVS if env.get(e)), None),
             s3_credentials_block=env.get("AUGFLOW_S3_CREDENTIALS_BLOCK", "").strip() or None,
             s3_forward_credentials=env.get("AUGFLOW_S3_FORWARD_CREDENTIALS", "true").strip().lower()

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from augflow.schemas.errors import AugflowError, ExecutionError
 from augflow.schemas.records import Plan, ShardResult, ShardSpec
 from augflow.schemas.request import AugmentRequest
+from augflow.tasks import progress
 from augflow.tasks.commits import committed_results
 from augflow.tasks.credentials import S3Settings, forwarded_settings, install_s3_settings
 from augflow.tasks.layout import RunLayout
@@ -108,6 +109,7 @@ def _run_pool(
             **options, max_restarts=0, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR
         ).remote(request, device, threads, s3)
 
+    channel = progress.open_remote_channel(request.request_hash)  # per-batch progress
     slots = [_Slot(new_actor()) for _ in range(size)]
     queue: deque[ShardSpec] = deque(pending)
     inflight: dict[ray.ObjectRef[ShardResult], tuple[int, int, ShardSpec]] = {}
@@ -150,6 +152,7 @@ def _run_pool(
             for j in range(size):
                 fill(j)
     finally:
+        channel.close()
         for slot in slots:
             # Ray types ActorClass.remote() as `ActorHandle | type`; it always returns a handle.
             ray.kill(slot.actor)  # type: ignore[arg-type]

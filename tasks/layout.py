@@ -12,6 +12,7 @@
         images/<shard>/<row_id>.png              optional image files (write_image_files)
         preview-<version>.png                    preview grid of a version
         v-<version>/quality/report.{md,json}     the quality gate's report of a version
+        v-<version>/quality/data-docs/index.html Great Expectations Data Docs of that validation
 
 Keys are relative to the root (``/``-separated, no leading slash); :class:`~augflow.tasks.storage.
 Storage` turns them into URIs. Names and versions are validated before they become keys.
@@ -24,6 +25,8 @@ from augflow.schemas.names import check_dataset_name, check_version
 REGISTRY = "registry"
 RUNS = "runs"
 DATASET_CARD = "README.md"
+#: Folder of a version's Great Expectations Data Docs site, beside its quality report.
+DATA_DOCS = "data-docs"
 
 
 class RunLayout:
@@ -61,6 +64,18 @@ class RunLayout:
 
     def quality_json(self, version: str) -> str:
         return f"{self.quality_dir(version)}/report.json"
+
+    def data_docs_dir(self, version: str) -> str:
+        return f"{self.quality_dir(version)}/{DATA_DOCS}"
+
+    def data_docs_index(self, version: str) -> str:
+        return f"{self.data_docs_dir(version)}/index.html"
+
+
+def data_docs_beside(report: str) -> str:
+    """The Data Docs index beside a quality report, given the report's key or URI (both live in
+    the version's quality folder; for callers that hold a report but not its version)."""
+    return f"{report.rsplit('/', 1)[0]}/{DATA_DOCS}/index.html"
 
 
 def shard_id_of(data_file: str) -> str:

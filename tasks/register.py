@@ -10,12 +10,14 @@ listed to find a dataset: the entry names its files. Listing the registry's own 
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from augflow.schemas.errors import (
+    AugflowError,
     CommitConflictError,
     QualityGateError,
     RegistryError,
@@ -29,6 +31,8 @@ from augflow.schemas.request import AugmentRequest
 from augflow.tasks import layout
 from augflow.tasks.storage import Storage
 
+log = logging.getLogger(__name__)
+
 
 class RegisterOutcome(BaseModel):
     """``created`` when this call published the version, False when an identical entry was there
@@ -39,6 +43,8 @@ class RegisterOutcome(BaseModel):
     created: bool
     uri: str
     entry: RegistryEntry
+    #: the dataset card at the root, refreshed by this registration (None if it could not be)
+    card_uri: str | None = None
 
 
 # --- code version ------------------------------------------------------------------------------
@@ -162,8 +168,14 @@ def register_version(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
 
     Re-registering the same version of the same request (a retry, or a concurrent run of the same
     request) returns ``created=False``; a *different* entry at that version raises
-    :class:`CommitConflictError`. An entry whose checks did not pass is refused.
+    :class:`CommitConflictError`. An entry whose checks did not pass is refused. Either way the
+    dataset card at the root is then refreshed from the registry (:mod:`augflow.tasks.card`).
     """
+    outcome = _publish(storage, entry)
+    return outcome.model_copy(update={"card_uri": _refresh_card(storage)})
+
+
+def _publish(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
     if not entry.quality.passed:
         # The flow should never get here with a failed gate; refusing keeps the invariant local.
         raise QualityGateError(
@@ -185,6 +197,28 @@ def register_version(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
             "immutable — change the request to get a new version"
         ) from None
     return RegisterOutcome(created=created, uri=uri, entry=entry)
+
+
+def _refresh_card(storage: Storage) -> str | None:
+    """Bring the root's dataset card up to date; a registration is complete without it.
+
+    The version is published (immutable) by the time this runs, so a card that cannot be written
+    is logged with the command that rewrites it rather than failing a registered run.
+    """
+    # card.py reads the registry through this module, so it is imported here, not at the top.
+    from augflow.tasks.card import refresh_card
+
+    try:
+        return refresh_card(storage).uri
+    except AugflowError as exc:
+        log.warning(
+            "the dataset card under %s was not updated (%s); `augflow datasets card --root %s` "
+            "rewrites it",
+            storage.root,
+            exc,
+            storage.root,
+        )
+        return None
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -211,6 +245,16 @@ def read_entry(storage: Storage, key: str) -> RegistryEntry:
 def _version_keys(storage: Storage, name: str) -> list[str]:
     # Locally an in-flight exclusive create leaves `<v>.json.tmp-<uuid>` beside the entries.
     return [k for k in storage.list(layout.registry_versions(name)) if k.endswith(".json")]
+
+
+def entry_keys(storage: Storage) -> list[str]:
+    """The keys of every registry entry under the root, sorted (listings only, no reads)."""
+    return sorted(k for name in dataset_names(storage) for k in _version_keys(storage, name))
+
+
+def has_registry(storage: Storage) -> bool:
+    """Whether anything was ever registered under the root (the registry prefix has objects)."""
+    return bool(storage.list(layout.REGISTRY))
 
 
 def _sort_key(e: RegistryEntry) -> tuple[datetime, str]:

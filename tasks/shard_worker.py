@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -30,6 +30,7 @@ from augflow.schemas.markers import CommitMarker
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import QUARANTINE_SCHEMA, ROW_SCHEMA
+from augflow.tasks import progress
 from augflow.tasks.commits import read_marker, write_marker
 from augflow.tasks.layout import RunLayout
 from augflow.tasks.storage import Storage, open_uri
@@ -78,7 +79,7 @@ class ShardWorker:
         notes = {k: v.note for k, v in sources.items() if isinstance(v, Decoded) and v.note}
         with self._compute_lock:
             for batch, images in self._batches(shard, items, sources, quarantine):
-                outputs = self.model(batch, images)
+                outputs = self.model(batch, images, on_batch=self._progress(shard))
                 for item, out in zip(batch, outputs, strict=True):
                     if out.error is not None or out.png is None:
                         quarantine.append(
@@ -116,6 +117,11 @@ class ShardWorker:
         )
         write_marker(self.storage, self.layout, marker)
         return ShardResult.from_marker(marker, "computed", time.perf_counter() - start)
+
+    def _progress(self, shard: ShardSpec) -> Callable[[int], None]:
+        # per-micro-batch progress for the live display (a no-op when nobody listens)
+        run, sid = self.request.request_hash, shard.shard_id
+        return lambda n: progress.report_rows(run, sid, n)
 
     # --- inputs -------------------------------------------------------------------------
     def _batches(

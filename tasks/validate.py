@@ -342,6 +342,12 @@ def validate_rows(
         },
     )
     storage.write_bytes(md_key, _markdown(request, report).encode())
+
+    # --- GX Data Docs (issue 15; tasks/gx_docs.py): a Checkpoint renders them beside the report
+    from augflow.tasks.gx_docs import publish_data_docs
+
+    publish_data_docs(storage, request, version, df, gx_result)
+    # ---
     return report
 
 

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from augflow.flows import steps
 from augflow.schemas import parse_request
+from augflow.schemas.records import ShardResult
 from augflow.tasks import progress
 
 STEPS = {
@@ -72,8 +73,18 @@ def test_the_steps_compose_into_a_registered_version(tiny_model: Path, tmp_path:
     out = state.result()
 
     plan = out["plan"]
-    assert events[0] == progress.Planned(total_rows=3, shards=2)
-    assert sorted(e.shard_id for e in events[1:]) == sorted(s.shard_id for s in plan.shards)
+    # the phases in order, the plan, then each shard once (its micro-batches before it)
+    phases = [e.name for e in events if isinstance(e, progress.Phase)]
+    assert phases == ["planning", "computing", "validating", "registering"]
+    assert [e for e in events if isinstance(e, progress.Planned)] == [
+        progress.Planned(total_rows=3, shards=2)
+    ]
+    shards = [e.shard_id for e in events if isinstance(e, ShardResult)]
+    assert sorted(shards) == sorted(s.shard_id for s in plan.shards)
+    batches = [e for e in events if isinstance(e, progress.RowsDone)]
+    # reported from the Ray actors, one per micro-batch, fire-and-forget: a report still in flight
+    # when the pool ends may be dropped (the shard results above are what counts)
+    assert 0 < sum(b.rows for b in batches) <= 3
     assert out["before"] is None
     assert [r.num_rows for r in out["results"]] == [2, 1]
     report = out["report"]

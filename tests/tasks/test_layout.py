@@ -26,6 +26,13 @@ def test_run_keys() -> None:
     assert run.quality_report("v1") == "runs/0123456789abcdef/v-v1/quality/report.md"
     assert run.quality_json("v1") == "runs/0123456789abcdef/v-v1/quality/report.json"
     assert run.quality_report("v1").startswith(run.quality_dir("v1") + "/")
+    assert run.data_docs_index("v1") == "runs/0123456789abcdef/v-v1/quality/data-docs/index.html"
+    assert run.data_docs_index("v1").startswith(run.data_docs_dir("v1") + "/")
+    # a report's key or URI finds the Data Docs beside it without knowing the version
+    assert layout.data_docs_beside(run.quality_report("v1")) == run.data_docs_index("v1")
+    assert layout.data_docs_beside("s3://b/p/" + run.quality_report("v1")) == (
+        "s3://b/p/" + run.data_docs_index("v1")
+    )
 
 
 def test_requests_sharing_a_hash_prefix_share_a_run_folder_only_by_the_first_16_chars() -> None:
@@ -80,6 +87,7 @@ def test_keys_resolve_below_the_storage_root(tmp_path: Path) -> None:
         run.preview("v"),
         run.quality_report("v"),
         run.quality_json("v"),
+        run.data_docs_index("v"),
         layout.registry_entry("cats", "v"),
         layout.DATASET_CARD,
     ]

@@ -73,3 +73,113 @@ def test_events_from_worker_threads_reach_the_listener() -> None:
     assert sorted(e.shard_id for e in seen if isinstance(e, ShardResult)) == [
         f"s{i}" for i in range(8)
     ]
+
+
+def test_a_failing_listener_never_fails_the_run() -> None:
+    seen: list[progress.Event] = []
+
+    def broken(event: progress.Event) -> None:
+        raise KeyError("display gone")
+
+    with progress.listening(broken), progress.listening(seen.append):
+        progress.phase("computing")
+    assert seen == [progress.Phase("computing")]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _shard(sid: str, rows: int, status: str = "computed", quarantined: int = 0) -> ShardResult:
+    return _result(sid).model_copy(
+        update={"num_rows": rows, "num_quarantined": quarantined, "status": status}
+    )
+
+
+def test_tracker_counts_batches_then_shards_and_times_only_computed_rows() -> None:
+    clock = _Clock()
+    t = progress.Tracker(clock)
+    assert (t.phase, t.total, t.done, t.rate(), t.eta()) == ("starting", None, 0, None, None)
+    for event in (progress.Planned(total_rows=20, shards=4), progress.Phase("computing")):
+        t.on(event)
+    # a shard committed by an earlier run: done, but no part of the rate
+    t.on(_shard("old", 5, status="skipped"))
+    clock.now = 130.0  # start-up and the model load: not part of the rate either
+    t.on(progress.RowsDone("a", 1))
+    assert t.rate() is None and t.done == 6  # one batch: no rate yet
+    clock.now = 132.0
+    t.on(progress.RowsDone("a", 2))
+    t.on(progress.RowsDone("b", 2))
+    assert t.done == 10 and t.rate() == 2.0  # 4 rows after the first batch, in 2 s
+    assert t.eta() == 5.0  # 10 rows left at 2 rows/s
+    # the shard's result replaces its batches (3 rows computed, 1 quarantined at decode)
+    t.on(_shard("a", 3, quarantined=1))
+    t.on(progress.RowsDone("a", 1))  # a late batch report of a counted shard
+    assert t.done == 11 and t.computed == 6
+    clock.now = 134.0
+    t.on(_shard("b", 5))
+    t.on(_shard("c", 6))
+    assert t.done == 20 and t.eta() == 0.0
+    rate = t.rate()
+    clock.now = 200.0  # validation and registration take a while: the rate stays put
+    t.on(progress.Phase("validating"))
+    assert t.rate() == rate and t.phase == "validating"
+
+
+def test_report_rows_reaches_a_listener_in_this_process() -> None:
+    seen: list[progress.Event] = []
+    progress.report_rows("f" * 64, "s1", 3)  # nobody listens, no Ray: a no-op
+    with progress.listening(seen.append):
+        progress.report_rows("f" * 64, "s1", 2)
+    assert seen == [progress.RowsDone("s1", 2)]
+
+
+def test_the_shard_worker_reports_every_micro_batch(tiny_model, tmp_path) -> None:
+    from augflow.schemas import parse_request
+    from augflow.tasks.plan import plan_request
+    from augflow.tasks.shard_worker import ShardWorker
+
+    request = parse_request(
+        {
+            "dataset": "p",
+            "operation": {"kind": "generate", "num_images": 5},
+            "model": {"id": str(tiny_model)},
+            "output": str(tmp_path),
+            "steps": 2,
+            "shard_size": 5,
+            "compute": {"micro_batch": 2},
+        }
+    )
+    seen: list[progress.Event] = []
+    with progress.listening(seen.append):
+        ShardWorker(request, device="cpu").process(plan_request(request).shards[0])
+    sid = plan_request(request).shards[0].shard_id
+    assert seen == [progress.RowsDone(sid, 2), progress.RowsDone(sid, 2), progress.RowsDone(sid, 1)]
+
+
+@pytest.mark.slow
+def test_batches_computed_in_ray_workers_reach_the_driver(ray_local: None) -> None:
+    import ray
+
+    run = "a" * 64
+
+    @ray.remote(num_cpus=0)
+    def worker(shard: str, batches: int) -> int:
+        for _ in range(batches):
+            progress.report_rows(run, shard, 4)
+        return batches
+
+    seen: list[progress.Event] = []
+    with progress.listening(seen.append):
+        channel = progress.open_remote_channel(run)
+        assert ray.get([worker.remote("s1", 3), worker.remote("s2", 2)]) == [3, 2]
+        channel.close()  # drains what is still in flight
+    got = sorted((e.shard_id, e.rows) for e in seen if isinstance(e, progress.RowsDone))
+    assert got == [("s1", 4)] * 3 + [("s2", 4)] * 2
+    # nobody listening: no channel, and a worker's reports cost one failed lookup per shard
+    assert progress.open_remote_channel(run)._actor is None
+    assert ray.get(worker.remote("s3", 2)) == 2
