@@ -345,9 +345,9 @@ def run(
 
 
 def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) -> None:
-    from augflow.flows.augment import augment
     from augflow.schemas import AugflowError, QualityGateError
     from augflow.tasks import layout, progress
+    from augflow.tasks.preflight import preflight
     from augflow.tasks.storage import Storage
 
     say = Console(file=ui_err, soft_wrap=True)
@@ -355,6 +355,11 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
     log_line = f"log: {log_path}" if log_path else None
     started = time.monotonic()
     try:
+        # Output root, inputs and model are checked before Prefect (seconds just to import) and
+        # Ray start, so a run that cannot succeed fails in about a second.
+        preflight(request)
+        from augflow.flows.augment import augment
+
         with _Display(ui_err, request.dataset) as display, progress.listening(display):
             progress.phase("starting")
             outcome = augment(request)

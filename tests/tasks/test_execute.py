@@ -3,6 +3,8 @@ shards retried then reported, a model that cannot load stops the run at once."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -65,18 +67,50 @@ def test_shards_failing_every_retry_are_reported(tiny_model: Path, tmp_path: Pat
     assert not (run / "commits").exists() or not any((run / "commits").iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ExecutionError,
-    reason="tasks/execute.py _fatal_init_error reads RayActorError.cause, which Ray 2.60's "
-    "ActorDiedError no longer keeps (only _actor_init_failed and the message): a model that "
-    "cannot load is retried max_retries times, then reported as an ExecutionError",
-)
 def test_a_model_that_cannot_load_stops_the_run_at_once(tmp_path: Path) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
     request = _request(
         empty, tmp_path / "out", execution={"workers": 1, "device": "cpu", "max_retries": 1}
     )
+    start = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"model_index\.json"):
         execute_plan(request, plan_request(request))
+    assert time.monotonic() - start < 5  # preflight, before any actor starts
+
+
+def test_a_model_refused_by_the_actor_is_not_retried(tmp_path: Path) -> None:
+    # Preflight judges files only; a pipeline class nobody provides is refused when the actor
+    # loads the model. That refusal reaches the driver intact and stops the run: with 5 retries
+    # allowed, a retried refusal would end as an ExecutionError instead.
+    model = tmp_path / "unknown-class"
+    model.mkdir()
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "NoSuchPipeline"}))
+    request = _request(
+        model, tmp_path / "out", execution={"workers": 1, "device": "cpu", "max_retries": 5}
+    )
+    with pytest.raises(ModelLoadError, match="NoSuchPipeline"):
+        execute_plan(request, plan_request(request))
+
+
+def test_a_shard_over_its_timeout_is_killed_retried_then_reported(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    request = _request(
+        tiny_model,
+        tmp_path,
+        operation={"kind": "generate", "num_images": 8},
+        shard_size=8,
+        steps=100,  # seconds for this shard on CPU, far beyond the timeout below
+        image_size=64,
+        execution={"workers": 1, "device": "cpu", "max_retries": 1, "shard_timeout_s": 0.5},
+    )
+    plan = plan_request(request)
+    start = time.monotonic()
+    with pytest.raises(ExecutionError) as err:
+        execute_plan(request, plan)
+    text = str(err.value)
+    assert "1 of 1 shards failed after 1 retries" in text
+    assert "timed out: no result after 0.5s (execution.shard_timeout_s)" in text
+    assert time.monotonic() - start < 120
+    assert not (tmp_path / RunLayout(request.request_hash).commits).exists()
