@@ -6,6 +6,7 @@
       README.md                                  dataset card (Hugging Face format)
       .preflight/<token>                         preflight's write probe (removed at once)
       registry/<name>/versions/<version>.json    one registry entry per registered version
+      registry/<name>/sequence/<n>.json          claim of order number n (12 digits) by a version
       runs/<hash16>/                             one folder per request (first 16 hex of its hash)
         shards/<shard>.parquet                   output rows of a shard
         quarantine/<shard>.parquet               quarantine rows of a shard (when any)
@@ -129,6 +130,24 @@ def registry_versions(name: str) -> str:
 
 def registry_entry(name: str, version: str) -> str:
     return f"{registry_versions(name)}/{check_version(version)}.json"
+
+
+def registry_sequences(name: str) -> str:
+    return f"{registry_dataset(name)}/sequence"
+
+
+def registry_sequence(name: str, number: int) -> str:
+    """The claim of order number ``number`` (zero-padded, so listings sort numerically)."""
+    if number < 1:
+        raise ValueError(f"sequence numbers start at 1, not {number}")
+    return f"{registry_sequences(name)}/{number:012d}.json"
+
+
+def sequence_of(key: str) -> int | None:
+    """The number of a sequence claim key (None for anything else, e.g. a temp file)."""
+    name = key.rsplit("/", 1)[-1]
+    stem = name.removesuffix(".json")
+    return int(stem) if name.endswith(".json") and len(stem) == 12 and stem.isdigit() else None
 
 
 def dataset_name_of(key: str) -> str:
