@@ -505,7 +505,7 @@ class Storage:
                 raise
             raise _local_error("write", self.uri(key), exc) from exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or never created (read-only, no dir)
                 os.unlink(tmp)
 
     def _multipart_put(self, key: str, data: bytes, part: int) -> None:
