@@ -187,11 +187,13 @@ def _publish(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
         update={"sequence": claim_sequence(storage, entry.name, entry.version)}
     )
     try:
-        created = storage.create_json_exclusive(key, entry.model_dump(mode="json"))
+        # False means these very bytes were already there. With this call's created_at and
+        # sequence number in them, that is this call's own create whose response was lost.
+        storage.create_json_exclusive(key, entry.model_dump(mode="json"))
     except CommitConflictError:
         # Same version, different bytes: usually only created_at differs (a retried run).
         return _already(read_entry(storage, key), entry, uri)
-    return RegisterOutcome(created=created, uri=uri, entry=entry)
+    return RegisterOutcome(created=True, uri=uri, entry=entry)
 
 
 def _refresh_card(storage: Storage) -> str | None:

@@ -1,0 +1,43 @@
+"""The promise every fault test checks, and the request the fault tests start from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from augflow.schemas.registry import RegistryEntry
+from augflow.tasks.register import list_versions
+from augflow.tasks.storage import Storage
+
+
+def rows_of(storage: Storage, entry: RegistryEntry) -> list[str]:
+    return (
+        storage.read_parquet([f.key for f in entry.files], columns=["row_id"]).column(0).to_pylist()
+    )
+
+
+def assert_one_version(storage: Storage, dataset: str, rows: int) -> RegistryEntry:
+    """No row lost, none duplicated, exactly one registered version."""
+    versions = list_versions(storage, dataset)
+    assert len(versions) == 1, [v.ref for v in versions]
+    (entry,) = versions
+    ids = rows_of(storage, entry)
+    assert len(ids) == len(set(ids)) == rows == entry.num_rows, (len(ids), len(set(ids)), rows)
+    assert entry.num_quarantined == 0 and entry.quality.passed
+    return entry
+
+
+def generate_request(model: Path | str, output: str, dataset: str, **over: Any) -> Any:
+    from augflow.schemas import parse_request
+
+    body: dict[str, Any] = {
+        "dataset": dataset,
+        "operation": {"kind": "generate", "num_images": 6},
+        "model": {"id": str(model)},
+        "output": output,
+        "steps": 1,
+        "shard_size": 2,
+        "execution": {"workers": 1, "device": "cpu", "max_retries": 2},
+    }
+    body.update(over)
+    return parse_request(body)
