@@ -41,3 +41,22 @@ def generate_request(model: Path | str, output: str, dataset: str, **over: Any) 
     }
     body.update(over)
     return parse_request(body)
+
+
+def photo_pngs(n: int, size: int) -> list[bytes]:
+    """PNG crops of real photos shipped with scikit-image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee()]
+    out = []
+    for i in range(n):
+        y, x = 30 + 11 * i, 50 + 13 * i
+        crop = np.ascontiguousarray(photos[i % len(photos)][y : y + size, x : x + size])
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
