@@ -133,6 +133,15 @@ def guard_local_ray() -> bool:
         close_fds=True,
     )
     assert watchdog.stdin is not None
+    # A first record right away, in case the watchdog is killed before it writes its own.
+    guard = _stat(watchdog.pid)
+    _save(
+        _record(os.getpid(), me[1] if me else 0, watchdog.pid),
+        os.getpid(),
+        me[1] if me else 0,
+        (watchdog.pid, guard[1] if guard else 0),
+        _tree(roots),
+    )
     hello = {"driver": os.getpid(), "driver_start": me[1] if me else 0, "roots": roots}
     watchdog.stdin.write((json.dumps(hello) + "\n").encode())
     watchdog.stdin.flush()
@@ -169,8 +178,9 @@ def reap_orphans() -> int:
 def _watch() -> None:
     hello = json.loads(sys.stdin.buffer.readline())
     driver, driver_start, roots = hello["driver"], hello["driver_start"], hello["roots"]
-    me = _stat(os.getpid())
-    record = STATE_DIR / f"{driver}-{driver_start}-{os.getpid()}.json"
+    st = _stat(os.getpid())
+    me = (os.getpid(), st[1] if st else 0)
+    record = _record(driver, driver_start, os.getpid())
     tracked: dict[int, int] = {}
     saved: dict[int, int] | None = None
     fd = sys.stdin.buffer.fileno()
@@ -193,17 +203,21 @@ def _watch() -> None:
     record.unlink(missing_ok=True)
 
 
+def _record(driver: int, driver_start: int, watchdog: int) -> Path:
+    return STATE_DIR / f"{driver}-{driver_start}-{watchdog}.json"
+
+
 def _save(
-    record: Path, driver: int, driver_start: int, me: tuple[int, int] | None, tracked: dict
+    record: Path, driver: int, driver_start: int, watchdog: tuple[int, int], tracked: dict
 ) -> None:
     state = {
         "driver": driver,
         "driver_start": driver_start,
-        "watchdog": os.getpid(),
-        "watchdog_start": me[1] if me else 0,
+        "watchdog": watchdog[0],
+        "watchdog_start": watchdog[1],
         "tracked": {str(p): s for p, s in tracked.items()},
     }
-    tmp = record.with_suffix(".tmp")
+    tmp = record.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, record)
 

@@ -170,10 +170,14 @@ class FaultProxy:
                     self._cut()
                     return
                 self.send_response_only(status, reason)
+                # A HEAD response has no body but the object's Content-Length: pass it on.
+                keep_length = self.command == "HEAD"
                 for name, value in headers:
-                    if name.lower() not in _HOP and name.lower() != "content-length":
+                    lower = name.lower()
+                    if lower not in _HOP and (keep_length or lower != "content-length"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                if not keep_length:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
