@@ -89,6 +89,7 @@ class _ShardActor:
         # Which node computed it, for reports and the scale-out test; the marker does not hold it.
         return result.model_copy(update={"node_id": ray.get_runtime_context().get_node_id()})
 
+    @ray.method
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
