@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +63,22 @@ def photo_pngs(n: int, size: int) -> list[bytes]:
         Image.fromarray(crop).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
+
+
+@contextmanager
+def warnings_of(logger: str) -> Iterator[list[str]]:
+    """Messages logged at WARNING or above by ``logger`` while the block runs. A handler on the
+    logger itself: Prefect reconfigures the root logger when its first flow starts."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        log.removeHandler(handler)

@@ -4,11 +4,16 @@ slips past fails validation as a storage error naming the file, never as a quali
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
-from faults.checks import assert_one_version, generate_request, photo_pngs, rows_of
+from faults.checks import (
+    assert_one_version,
+    generate_request,
+    photo_pngs,
+    rows_of,
+    warnings_of,
+)
 from faults.fault_models import make_fault_model
 
 from augflow.schemas import parse_request
@@ -28,7 +33,7 @@ def _truncate(path: Path) -> None:
 
 
 def test_a_rerun_recomputes_a_truncated_shard_instead_of_crashing(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
 ) -> None:
     from augflow.flows.augment import augment
 
@@ -51,17 +56,17 @@ def test_a_rerun_recomputes_a_truncated_shard_instead_of_crashing(
             num_quarantined=0,
             planned_items=6,
         )
-    with caplog.at_level(logging.WARNING, logger=commits.__name__):
+    with warnings_of(commits.__name__) as warnings:
         outcome = augment(request)
     assert outcome.status == "registered"
     assert (outcome.shards_computed, outcome.shards_skipped) == (1, 2)
-    logged = "\n".join(r.getMessage() for r in caplog.records)
+    logged = "\n".join(warnings)
     assert f"shard {victim.shard_id} is damaged" in logged and "bytes where" in logged
     assert_one_version(Storage(str(out)), "damaged", 6)
 
 
 def test_a_refresh_drops_a_damaged_carried_shard_and_plans_its_sources_again(
-    tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, tiny_model: Path
 ) -> None:
     from augflow.flows.augment import augment
 
@@ -90,17 +95,24 @@ def test_a_refresh_drops_a_damaged_carried_shard_and_plans_its_sources_again(
     (v1,) = list_versions(storage, "refresh")
     damaged = v1.files[0]
     path = out / damaged.key
-    data = bytearray(path.read_bytes())
+    original = path.read_bytes()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0xFF  # same size, other bytes: only the digest can tell
     path.write_bytes(bytes(data))
     (photos / "p4.png").write_bytes(pngs[4])  # the nightly refresh finds one new photo
 
-    with caplog.at_level(logging.WARNING, logger=commits.__name__):
+    with warnings_of(commits.__name__) as warnings:
         second = augment(request)
     assert second.status == "registered" and second.version != first.version
-    assert "is damaged and will be recomputed instead of carried" in caplog.text
+    assert any(
+        f"{damaged.key}" in w and "will be recomputed instead of carried" in w for w in warnings
+    ), warnings
     v2 = next(v for v in list_versions(storage, "refresh") if v.version == second.version)
-    assert damaged.key not in [f.key for f in v2.files]
+    # Its sources were planned again into the same shard (ids hash the sources), recomputed to
+    # the very bytes its marker recorded, and rewritten in place: v1 is whole again too.
+    assert damaged.key in [f.key for f in v2.files] and path.read_bytes() == original
+    v1_ids = rows_of(storage, v1)
+    assert len(v1_ids) == len(set(v1_ids)) == 8
     ids = rows_of(storage, v2)
     assert len(ids) == len(set(ids)) == v2.num_rows == 10  # 5 photos x 2 variants, once each
     sources = storage.read_parquet([f.key for f in v2.files], columns=["source_id"]).column(0)
