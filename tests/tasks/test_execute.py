@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from augflow.schemas import ExecutionError, ModelLoadError, parse_request
+from augflow.schemas import ExecutionError, ModelLoadError, RequestError, parse_request
 from augflow.schemas.records import ShardResult
 from augflow.tasks.execute import execute_plan
 from augflow.tasks.layout import RunLayout
@@ -90,6 +90,16 @@ def test_a_model_refused_by_the_actor_is_not_retried(tmp_path: Path) -> None:
         model, tmp_path / "out", execution={"workers": 1, "device": "cpu", "max_retries": 5}
     )
     with pytest.raises(ModelLoadError, match="NoSuchPipeline"):
+        execute_plan(request, plan_request(request))
+
+
+def test_a_request_the_model_refuses_is_not_retried(tiny_model: Path, tmp_path: Path) -> None:
+    # Only the loaded model knows its number of training timesteps: the actor refuses the request,
+    # and retrying could not change that answer.
+    request = _request(
+        tiny_model, tmp_path, steps=400, execution={"workers": 1, "device": "cpu", "max_retries": 5}
+    )
+    with pytest.raises(RequestError, match="steps"):
         execute_plan(request, plan_request(request))
 
 
