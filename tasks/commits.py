@@ -63,7 +63,7 @@ def read_marker(storage: Storage, key: str) -> CommitMarker:
 
 def _parse_marker(storage: Storage, key: str) -> CommitMarker | str:
     """The marker at ``key``, or why it cannot be read as one (FileNotFoundError if absent)."""
-    raw = storage.read_bytes(key)
+    raw = storage.read_bytes(key, small=True)
     try:
         return CommitMarker.model_validate_json(raw)
     except ValidationError as exc:

@@ -371,11 +371,16 @@ class Storage:
 
         return self._call("check", key, check)
 
-    def read_bytes(self, key: str) -> bytes:
-        return self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
+    def read_bytes(self, key: str, small: bool = False) -> bytes:
+        """An object's bytes. ``small`` (markers, registry entries): one GET. Otherwise s3fs
+        first HEADs the object to split a big one into concurrent ranged GETs."""
+        path = self.path(key)
+        if small and not self.is_local:
+            return self._call("read", key, lambda: self.fs.cat_file(path, max_concurrency=1))
+        return self._call("read", key, lambda: self.fs.cat_file(path))
 
     def read_json(self, key: str) -> Any:
-        return json.loads(self.read_bytes(key))
+        return json.loads(self.read_bytes(key, small=True))
 
     def list(self, prefix: str) -> list[str]:
         """Keys directly below ``prefix`` (empty when it does not exist)."""
@@ -452,7 +457,7 @@ class Storage:
                     with self.fs.open(self.path(key), "rb") as f:
                         tables.append(pq.read_table(f, columns=columns))
                 else:
-                    # One GET per shard file, retried as a whole: a half-read file is never used.
+                    # The whole file, retried as a whole: a half-read file is never used.
                     data = self.read_bytes(key)
                     tables.append(pq.read_table(io.BytesIO(data), columns=columns))
             except StorageError:
@@ -637,7 +642,7 @@ class Storage:
             return self._same_or_conflict(key, data, retried=attempts > 1)
 
     def _same_or_conflict(self, key: str, data: bytes, retried: bool) -> bool:
-        existing = self.read_bytes(key)
+        existing = self.read_bytes(key, small=True)
         if existing == data:
             return retried
         raise CommitConflictError(

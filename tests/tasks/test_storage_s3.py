@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from faults.proxy import FaultProxy, Rule
 
 from augflow.schemas.errors import CommitConflictError, StorageError
 from augflow.tasks import credentials
@@ -108,6 +109,29 @@ def test_reads_and_commits_ride_out_a_short_outage(s3_root: str, s3_env: Any) ->
     assert s.create_exclusive("during", b"2") is True
     assert time.monotonic() - start >= 2.5
     assert s.read_bytes("before") == b"1" and s.read_bytes("during") == b"2"
+
+
+def test_small_objects_are_read_with_one_get(
+    s3_root: str, s3_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Markers and registry entries are read often (every shard on every re-run): one GET each,
+    not s3fs's HEAD-then-GET that splits big objects into ranged reads."""
+    layout = RunLayout("ab" * 32)
+    s = Storage(s3_root)
+    data = parquet_bytes(pa.table({"row_id": ["r0", "r1"]}))
+    marker = commit_shard(s, layout, ShardFiles("s1", data, None, 2, 0, "0" * 64))
+    with FaultProxy(s3_env.port) as proxy:
+        monkeypatch.setenv("AUGFLOW_S3_ENDPOINT_URL", proxy.endpoint)
+        credentials.clear_cache()
+        through_proxy = Storage(s3_root)
+        seen = proxy.add(Rule("pass")).seen
+        key = layout.commit_marker("s1")
+        assert through_proxy.read_json(key)["data_file"] == marker.data_file
+        assert [r.split(" ")[0] for r in seen] == ["GET"], seen
+        seen.clear()
+        # A data file is read the general way: its size first (big ones go in ranged parts).
+        assert through_proxy.read_bytes(marker.data_file) == data
+        assert [r.split(" ")[0] for r in seen] == ["HEAD", "GET"], seen
 
 
 def _uploads(s: Storage) -> list[dict]:
