@@ -4,12 +4,14 @@ shards retried then reported, a model that cannot load stops the run at once."""
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from augflow.schemas import ExecutionError, ModelLoadError, RequestError, parse_request
+from augflow.schemas.errors import StoragePermissionError
 from augflow.schemas.records import ShardResult
 from augflow.tasks.execute import execute_plan
 from augflow.tasks.layout import RunLayout
@@ -101,6 +103,25 @@ def test_a_request_the_model_refuses_is_not_retried(tiny_model: Path, tmp_path: 
     )
     with pytest.raises(RequestError, match="steps"):
         execute_plan(request, plan_request(request))
+
+
+def test_a_refused_write_is_not_retried(tiny_model: Path, tmp_path: Path) -> None:
+    # The root passes preflight's probe, but the shards folder refuses writes even to root
+    # (immutable): every worker write gets EPERM. With 5 retries allowed, a retried refusal
+    # would end as an ExecutionError after minutes; it must stop the run at the first one.
+    request = _request(
+        tiny_model, tmp_path, execution={"workers": 1, "device": "cpu", "max_retries": 5}
+    )
+    shards = tmp_path / RunLayout(request.request_hash).shards
+    shards.mkdir(parents=True)
+    if subprocess.run(["chattr", "+i", str(shards)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        with pytest.raises(StoragePermissionError, match="permission denied"):
+            execute_plan(request, plan_request(request))
+        assert list(shards.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(shards)], check=True)
 
 
 def test_a_shard_over_its_timeout_is_killed_retried_then_reported(
