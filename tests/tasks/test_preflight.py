@@ -85,6 +85,27 @@ def test_real_models_pass(tiny_model: Path) -> None:
         check_model(parse_request(_body(bundled)).model)
 
 
+def test_bundled_ids_resolve_to_the_shipped_folders_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "from augflow.schemas.errors import ModelLoadError\n"
+        "from augflow.schemas.request import ModelSpec\n"
+        "from augflow.tasks.preflight import check_model\n"
+        "for name in ('sr3-denoise', 'sr3-upscale', 'ddim-faces32'):\n"
+        "    check_model(ModelSpec(id='bundled:' + name))\n"
+        "for bad in ('bundled:nope', 'bundled:', 'bundled:../bundled/sr3-denoise'):\n"
+        "    try:\n"
+        "        check_model(ModelSpec(id=bad))\n"
+        "        print('accepted', bad)\n"
+        "    except ModelLoadError as exc:\n"
+        "        assert 'is not a bundled model' in str(exc) and 'bundled:sr3-denoise' in str(exc)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
 def _body(model: Path) -> dict[str, object]:
     return {
         "dataset": "x",
