@@ -355,6 +355,7 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
     from augflow.schemas import AugflowError, InputError, QualityGateError, RequestError
     from augflow.tasks import layout, progress
     from augflow.tasks.inputs import check_inputs
+    from augflow.tasks.preflight import preflight
     from augflow.tasks.storage import Storage
 
     say = Console(file=ui_err, soft_wrap=True)
@@ -366,9 +367,12 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
     except InputError as exc:
         _error(say, exc)
         raise typer.Exit(EXIT_BAD_REQUEST) from None
-    from augflow.flows.augment import augment  # after the input check: Prefect takes seconds
-
     try:
+        # Output root, inputs and model are checked before Prefect (seconds just to import) and
+        # Ray start, so a run that cannot succeed fails in about a second.
+        preflight(request)
+        from augflow.flows.augment import augment
+
         with _Display(ui_err, request.dataset) as display, progress.listening(display):
             progress.phase("starting")
             outcome = augment(request)

@@ -9,7 +9,8 @@ Messages say what was wrong *and what to do about it*, naming the field, file or
      │                           turned into a quarantine row with its reason, never shown as an error
      ├── ModelLoadError          a model cannot be loaded safely (missing, pickle-only, remote code)
      ├── StorageError            the object store refused or failed an operation
-     │    └── CommitConflictError   an exclusive create found different content already there
+     │    ├── CommitConflictError   an exclusive create found different content already there
+     │    └── StoragePermissionError the store refused for good (access denied, no bucket, read-only)
      ├── RegistryError           the dataset registry cannot answer
      │    ├── VersionNotFoundError  ``name@version`` is not registered
      │    └── DatasetRefError       a dataset name, version or ``name@version`` is malformed
@@ -64,6 +65,11 @@ class StorageError(AugflowError):
 
 class CommitConflictError(StorageError):
     """An exclusive create found a different object already at that key."""
+
+
+class StoragePermissionError(StorageError):
+    """The store refused an operation for good: access denied, no such bucket, a read-only
+    filesystem. Retrying cannot help, so shards failing with it are not retried."""
 
 
 class RegistryError(AugflowError):

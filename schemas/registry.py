@@ -43,6 +43,10 @@ class RegistryEntry(_Frozen):
     name: str
     version: str
     created_at: datetime
+    # The registry's total order (tasks/register.py): claimed with an exclusive create before
+    # the entry is published, so it follows publication order whatever the clocks say. Entries
+    # registered before it existed have none and sort before every numbered one.
+    sequence: int | None = Field(default=None, ge=1)
     files: list[FileRef]
     quarantine_files: list[FileRef] = Field(default_factory=list)
     num_rows: int = Field(ge=0)
@@ -96,6 +100,13 @@ class RegistryEntry(_Frozen):
         return v.astimezone(UTC)
 
     @property
+    def order_key(self) -> tuple[int, int, datetime, str]:
+        """Oldest first: unnumbered (older) entries by time then version, then by sequence."""
+        if self.sequence is None:
+            return (0, 0, self.created_at, self.version)
+        return (1, self.sequence, self.created_at, self.version)
+
+    @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
@@ -104,7 +115,7 @@ class RegistryEntry(_Frozen):
         return [f.key for f in self.files]
 
     def same_content(self, other: RegistryEntry) -> bool:
-        """Whether two entries describe the same version (timestamps aside)."""
+        """Whether two entries describe the same version (timestamps and sequence aside)."""
         return (
             self.name == other.name
             and self.version == other.version

@@ -447,6 +447,14 @@ class ExecutionSpec(Frozen):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_retries: int = Field(default=2, ge=0, le=20, description="retries of a failed shard")
+    shard_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="seconds a shard may compute on its worker; past that the worker is presumed "
+        "hung, killed, and the shard retried (raise it for slow models on CPU)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,8 @@ variable                           meaning                                      
                                    ``aws-credentials/name``)
 ``AUGFLOW_S3_FORWARD_CREDENTIALS`` send the driver's S3 settings to Ray actors               ``true``
 ``AUGFLOW_S3_RETRY_SECONDS``       total time transient storage errors are retried            ``60``
+``AUGFLOW_S3_PART_SIZE_MB``        multipart part size; objects of 2 parts or more go up in   ``64``
+                                   parts (min 5, S3's smallest part)
 =================================  =========================================================  =======
 """
 
@@ -44,6 +46,7 @@ class Settings:
     s3_credentials_block: str | None = None
     s3_forward_credentials: bool = True
     s3_retry_seconds: float = 60.0
+    s3_part_size_mb: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +58,17 @@ class Settings:
             raise RequestError(
                 "AUGFLOW_S3_RETRY_SECONDS", f"{retry!r} is not a number of seconds, e.g. 60"
             ) from None
+        part = env.get("AUGFLOW_S3_PART_SIZE_MB", "").strip()
+        try:
+            part_mb = int(part) if part else 64
+        except ValueError:
+            raise RequestError(
+                "AUGFLOW_S3_PART_SIZE_MB", f"{part!r} is not a whole number of MiB, e.g. 64"
+            ) from None
+        if part_mb < 5:
+            raise RequestError(
+                "AUGFLOW_S3_PART_SIZE_MB", f"{part_mb} is below S3's smallest part size of 5 MiB"
+            )
         return cls(
             root=env.get("AUGFLOW_ROOT", "").strip() or DEFAULT_ROOT,
             log_dir=env.get("AUGFLOW_LOG_DIR", "").strip() or DEFAULT_LOG_DIR,
@@ -63,6 +77,7 @@ class Settings:
             s3_forward_credentials=env.get("AUGFLOW_S3_FORWARD_CREDENTIALS", "true").strip().lower()
             not in _FALSE,
             s3_retry_seconds=retry_seconds,
+            s3_part_size_mb=part_mb,
         )
 
 

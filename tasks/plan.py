@@ -21,7 +21,7 @@ from augflow.schemas.records import (
     variants_per_source,
 )
 from augflow.schemas.request import MAX_SHARDS, AugmentRequest, GenerateOp, check_plan_size
-from augflow.tasks.commits import read_marker
+from augflow.tasks.commits import carried_results
 from augflow.tasks.inputs import list_inputs
 from augflow.tasks.layout import RunLayout, shard_id_of
 from augflow.tasks.register import list_versions
@@ -116,14 +116,17 @@ def plan_request(request: AugmentRequest) -> Plan:
         return make_plan(request, sources, num_inputs=len(sources), skipped=listing.skipped)
     storage = Storage(request.output)
     layout = RunLayout(request.request_hash)
-    carried = tuple(
-        ShardResult.from_marker(read_marker(storage, layout.commit_marker(sid)), "carried")
-        for sid in base.shard_ids
-    )
+    # Only shards whose files still check out against their markers; a damaged one is dropped
+    # (and logged), so its sources count as unseen and are planned again.
+    carried = carried_results(storage, layout, base.shard_ids)
     keys = [c.data_file for c in carried if c.data_file] + [
         c.quarantine_file for c in carried if c.quarantine_file
     ]
-    seen = set(storage.read_parquet(keys, columns=["source_id"]).column(0).to_pylist())
+    seen = (
+        set(storage.read_parquet(keys, columns=["source_id"]).column(0).to_pylist())
+        if keys
+        else set()
+    )
     fresh = [s for s in sources if s.source_id not in seen]
     return make_plan(
         request, fresh, base.version, carried, num_inputs=len(sources), skipped=listing.skipped

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 import ray
 from ray._private import services
 
+from augflow.tasks import ray_reaper
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -84,7 +86,10 @@ def ensure_ray() -> None:
             init(address=address, _node_ip_address=LOOPBACK)
         else:
             # A local cluster listens on 127.0.0.1 only and starts no dashboard (nothing to expose).
+            # Its processes die with this driver, however it ends (ray_reaper).
+            ray_reaper.reap_orphans()
             init(_node_ip_address=LOOPBACK, include_dashboard=False)
+            ray_reaper.guard_local_ray()
 
 
 def cluster_gpus() -> int:

@@ -184,19 +184,21 @@ def _publish(storage: Storage, entry: RegistryEntry) -> RegisterOutcome:
     key = layout.registry_entry(entry.name, entry.version)
     uri = storage.uri(key)
     try:
-        created = storage.create_json_exclusive(key, entry.model_dump(mode="json"))
+        # Already registered (a retried or twin run): no order number to claim.
+        return _already(read_entry(storage, key), entry, uri)
+    except FileNotFoundError:
+        pass
+    entry = entry.model_copy(
+        update={"sequence": claim_sequence(storage, entry.name, entry.version)}
+    )
+    try:
+        # False means these very bytes were already there. With this call's created_at and
+        # sequence number in them, that is this call's own create whose response was lost.
+        storage.create_json_exclusive(key, entry.model_dump(mode="json"))
     except CommitConflictError:
         # Same version, different bytes: usually only created_at differs (a retried run).
-        existing = read_entry(storage, key)
-        if existing.same_content(entry):
-            return RegisterOutcome(created=False, uri=uri, entry=existing)
-        raise CommitConflictError(
-            f"{entry.ref} is already registered at {uri} with different content "
-            f"(request_hash {existing.request_hash[:12]} vs {entry.request_hash[:12]}, "
-            f"{len(existing.files)} vs {len(entry.files)} files); registered versions are "
-            "immutable — change the request to get a new version"
-        ) from None
-    return RegisterOutcome(created=created, uri=uri, entry=entry)
+        return _already(read_entry(storage, key), entry, uri)
+    return RegisterOutcome(created=True, uri=uri, entry=entry)
 
 
 def _refresh_card(storage: Storage) -> str | None:
@@ -219,6 +221,51 @@ def _refresh_card(storage: Storage) -> str | None:
             storage.root,
         )
         return None
+
+
+def _already(existing: RegistryEntry, entry: RegistryEntry, uri: str) -> RegisterOutcome:
+    if existing.same_content(entry):
+        return RegisterOutcome(created=False, uri=uri, entry=existing)
+    raise CommitConflictError(
+        f"{entry.ref} is already registered at {uri} with different content "
+        f"(request_hash {existing.request_hash[:12]} vs {entry.request_hash[:12]}, "
+        f"{len(existing.files)} vs {len(entry.files)} files); registered versions are "
+        "immutable — change the request to get a new version"
+    ) from None
+
+
+# --- order --------------------------------------------------------------------------------------
+# `@latest` must name one version, the last one published, whatever the clocks of the machines
+# that registered them say (two registrations in the same second, skewed clocks). So each version
+# claims an order number before its entry is published: number n is an exclusive create of
+# registry/<name>/sequence/<n>.json holding the version, and a writer that finds n taken tries
+# n+1. Claims are totally ordered by construction, and the numbers only grow. A claim whose
+# entry never got published (a crash in between) leaves a gap, which orders nothing wrongly.
+
+#: claims one registration may lose in a row to concurrent ones before giving up
+MAX_SEQUENCE_CLAIMS = 10_000
+
+
+def claim_sequence(storage: Storage, name: str, version: str) -> int:
+    """The next free order number of dataset ``name``, claimed for ``version``."""
+    taken = [
+        n for k in storage.list(layout.registry_sequences(name)) if (n := layout.sequence_of(k))
+    ]
+    number = max(taken, default=0) + 1
+    for _ in range(MAX_SEQUENCE_CLAIMS):
+        try:
+            # Same bytes already there (a twin registration of this version) also counts as ours.
+            storage.create_json_exclusive(
+                layout.registry_sequence(name, number), {"version": version}
+            )
+            return number
+        except CommitConflictError:
+            number += 1
+    raise RegistryError(
+        f"could not claim an order number for {name}@{version} under "
+        f"{storage.uri(layout.registry_sequences(name))}: {MAX_SEQUENCE_CLAIMS} concurrent "
+        "registrations won before it; retry"
+    )
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -257,19 +304,17 @@ def has_registry(storage: Storage) -> bool:
     return bool(storage.list(layout.REGISTRY))
 
 
-def _sort_key(e: RegistryEntry) -> tuple[datetime, str]:
-    return (e.created_at, e.version)
-
-
 def list_versions(storage: Storage, name: str) -> list[RegistryEntry]:
-    """Every registered version of ``name``, oldest first (by created_at, then version)."""
+    """Every registered version of ``name``, oldest first: in the order they were published
+    (their claimed sequence numbers); versions from before sequence numbers first, by
+    created_at then version."""
     entries = []
     for key in _version_keys(storage, name):
         try:
             entries.append(read_entry(storage, key))
         except FileNotFoundError:
             continue  # removed between list and read; not ours to publish
-    return sorted(entries, key=_sort_key)
+    return sorted(entries, key=lambda e: e.order_key)
 
 
 def dataset_names(storage: Storage) -> list[str]:
@@ -299,7 +344,7 @@ def list_datasets(storage: Storage) -> list[DatasetSummary]:
 
 
 def get_version(storage: Storage, name: str, version: str = LATEST) -> RegistryEntry:
-    """The entry of ``name@version``; ``latest`` is the newest by created_at (ties: version)."""
+    """The entry of ``name@version``; ``latest`` is the last one published (:func:`list_versions`)."""
     check_dataset_name(name)
     if version != LATEST:
         check_version(version, f"version of dataset {name!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -26,14 +27,15 @@ from PIL import Image
 from augflow.models.images import MAX_FILE_BYTES, Decoded, DecodeLimits, decode_within
 from augflow.models.runner import AugmentModel
 from augflow.schemas.errors import ImageRejected, StorageError
-from augflow.schemas.markers import CommitMarker
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import QUARANTINE_SCHEMA, ROW_SCHEMA
 from augflow.tasks import progress
-from augflow.tasks.commits import read_marker, write_marker
+from augflow.tasks.commits import ShardFiles, commit_shard, shard_state
 from augflow.tasks.layout import RunLayout
-from augflow.tasks.storage import Storage, open_uri
+from augflow.tasks.storage import Storage, open_uri, parquet_bytes
+
+log = logging.getLogger(__name__)
 
 
 class ShardWorker:
@@ -66,9 +68,13 @@ class ShardWorker:
         )
 
     def process(self, shard: ShardSpec) -> ShardResult:
-        marker_key = self.layout.commit_marker(shard.shard_id)
-        if self.storage.exists(marker_key):
-            return ShardResult.from_marker(read_marker(self.storage, marker_key), "skipped")
+        # Committed and sound: skip. Committed but damaged: recompute and commit again.
+        state = shard_state(self.storage, self.layout, shard.shard_id)
+        if state.committed:
+            assert state.marker is not None
+            return ShardResult.from_marker(state.marker, "skipped")
+        if state.damage:
+            log.warning("shard %s is damaged, recomputing it: %s", shard.shard_id, state.damage)
         start = time.perf_counter()
         items = list(iter_work_items(self.request, shard))
         rows: list[dict[str, Any]] = []
@@ -93,29 +99,27 @@ class ShardWorker:
                 self.storage.write_bytes(
                     self.layout.image_file(shard.shard_id, row["row_id"]), row["image"]["bytes"]
                 )
-        data_key, data_bytes = None, 0
-        if rows:  # never a 0-row data file: `datasets` and Ray Data fail on one
-            data_key = self.layout.data_file(shard.shard_id)
-            table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-            data_bytes = self.storage.write_parquet(data_key, table, row_group_size=256)
-        q_key = None
-        if quarantine:
-            q_key = self.layout.quarantine_file(shard.shard_id)
-            self.storage.write_parquet(
-                q_key, pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
-            )
-        marker = CommitMarker(
+        files = ShardFiles(
             shard_id=shard.shard_id,
-            data_file=data_key,
-            quarantine_file=q_key,
+            # never a 0-row data file: `datasets` and Ray Data fail on one
+            data=(
+                parquet_bytes(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), row_group_size=256)
+                if rows
+                else None
+            ),
+            quarantine=(
+                parquet_bytes(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
+                if quarantine
+                else None
+            ),
             num_rows=len(rows),
             num_quarantined=len(quarantine),
-            data_bytes=data_bytes,
             model_revision=self.model.model_revision,
             scheduler=self.model.scheduler_name,
             row_ids_sha256=hashlib.sha256("".join(r["row_id"] for r in rows).encode()).hexdigest(),
         )
-        write_marker(self.storage, self.layout, marker)
+        # Files first, the marker last (commits.commit_shard), never overwriting a marker.
+        marker = commit_shard(self.storage, self.layout, files, previous=state)
         return ShardResult.from_marker(marker, "computed", time.perf_counter() - start)
 
     def _progress(self, shard: ShardSpec) -> Callable[[int], None]:

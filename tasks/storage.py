@@ -8,7 +8,15 @@ when the key exists.
 Remote calls are retried with exponential backoff while the error is transient (connection
 refused/reset, timeouts, 5xx, SlowDown) for at most ``AUGFLOW_S3_RETRY_SECONDS`` (default 60) in
 total; anything else, or a store that stays down, raises :class:`StorageError` naming the endpoint
-and bucket and saying what to check. Error text is scrubbed of the secret key.
+and bucket and saying what to check. Error text is scrubbed of the secret key. Refusals that
+cannot succeed on retry (access denied, no such bucket, a read-only filesystem) raise
+:class:`StoragePermissionError`, so callers stop instead of retrying.
+
+No litter: a local write goes to ``<key>.tmp-<uuid>`` and is renamed into place; the temp file is
+removed on every failure (ENOSPC included). Objects of two parts or more go up as a multipart
+upload driven here, part by part with retries, and aborted on any failure. What a killed process
+leaves behind (temp files, in-flight uploads) is swept by :meth:`Storage.sweep_litter` once it is
+older than any live write could be.
 """
 
 from __future__ import annotations
@@ -16,15 +24,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import logging
 import os
 import posixpath
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,17 +45,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from augflow.schemas.errors import CommitConflictError, StorageError
+from augflow.schemas.errors import CommitConflictError, StorageError, StoragePermissionError
 from augflow.schemas.settings import settings
 from augflow.tasks.credentials import CHECK_HINT, S3Settings, s3_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Reads and multipart writes move 16 MiB per request: few round trips for shard-sized files, and
-# bounded memory per open file. Files under 2 x 64 MiB go up in one PUT (no multipart overhead).
+# Reads move 16 MiB per request: few round trips for shard-sized files, and bounded memory per
+# open file. Files under 2 parts (AUGFLOW_S3_PART_SIZE_MB, 64 MiB by default) go up in one PUT.
 BLOCK_SIZE = 16 * 2**20
-PUT_CHUNK = 64 * 2**20
+PUT_CHUNK = 64 * 2**20  # the default part size (AUGFLOW_S3_PART_SIZE_MB)
+
+#: what a local temp file's name ends with: ``<key>.tmp-<32 hex>``
+TMP_MARK = ".tmp-"
+_TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}$")
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -62,6 +78,7 @@ _TRANSIENT_CODES = {
 }
 _AUTH_CODES = {
     "AccessDenied",
+    "AllAccessDisabled",
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
     "InvalidToken",
@@ -211,7 +228,7 @@ def storage_error(what: str, uri: str, exc: BaseException, kind: str | None = No
     """A :class:`StorageError` for ``exc`` that says what to fix, without the secret."""
     kind = kind or classify(exc)
     if not uri.startswith(("s3://", "s3a://")):
-        return StorageError(f"cannot {what} {uri}: {_short(exc)}")
+        return _local_error(what, uri, exc)
     settings = s3_settings()
     endpoint = settings.endpoint_url or "AWS S3 (no endpoint URL set)"
     bucket = uri.split("://", 1)[1].split("/", 1)[0]
@@ -232,11 +249,59 @@ def storage_error(what: str, uri: str, exc: BaseException, kind: str | None = No
         )
     else:
         msg = f"cannot {what} {uri} ({where}): {_short(exc)}"
-    return StorageError(_scrub(msg, settings))
+    cls = StoragePermissionError if kind in ("auth", "no_bucket") else StorageError
+    return cls(_scrub(msg, settings))
+
+
+def _local_error(what: str, uri: str, exc: BaseException) -> StorageError:
+    """A local filesystem failure, said plainly; refusals become StoragePermissionError."""
+    err = exc.errno if isinstance(exc, OSError) else None
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(
+            f"cannot {what} {uri}: no space left on the device holding it ({_short(exc)}); free "
+            "space or move the output root. Nothing partial was left behind; committed shards are "
+            "kept and a re-run resumes from them"
+        )
+    if isinstance(exc, PermissionError) or err in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoragePermissionError(
+            f"cannot {what} {uri}: permission denied ({_short(exc)}); make the output root "
+            "writable by this user or choose another one"
+        )
+    return StorageError(f"cannot {what} {uri}: {_short(exc)}")
 
 
 def retry_seconds() -> float:
     return settings().s3_retry_seconds
+
+
+def part_size() -> int:
+    """Bytes per part of a multipart upload (``AUGFLOW_S3_PART_SIZE_MB``)."""
+    return settings().s3_part_size_mb * 2**20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says about one object: its size and, on S3, its ETag (unquoted)."""
+
+    key: str
+    size: int
+    etag: str | None = None
+
+
+def content_etag(data: bytes, part: int | None = None) -> str:
+    """The ETag an MD5-ETag store (S3 without SSE-KMS, SeaweedFS, MinIO) reports for ``data`` as
+    :meth:`Storage.write_bytes` uploads it: the MD5 of a single PUT, or for a multipart upload
+    the MD5 of the parts' MD5s and ``-<parts>``. Deterministic, so it can live in a commit marker
+    and be checked against a listing without reading the object."""
+    part = part or part_size()
+    if len(data) < 2 * part:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    digests = b"".join(
+        hashlib.md5(data[off : off + part], usedforsecurity=False).digest()
+        for off in range(0, len(data), part)
+    )
+    count = -(-len(data) // part)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{count}"
 
 
 def with_retries(what: str, uri: str, fn: Callable[[], T], passthrough: tuple[str, ...] = ()) -> T:
@@ -306,11 +371,16 @@ class Storage:
 
         return self._call("check", key, check)
 
-    def read_bytes(self, key: str) -> bytes:
-        return self._call("read", key, lambda: self.fs.cat_file(self.path(key)))
+    def read_bytes(self, key: str, small: bool = False) -> bytes:
+        """An object's bytes. ``small`` (markers, registry entries): one GET. Otherwise s3fs
+        first HEADs the object to split a big one into concurrent ranged GETs."""
+        path = self.path(key)
+        if small and not self.is_local:
+            return self._call("read", key, lambda: self.fs.cat_file(path, max_concurrency=1))
+        return self._call("read", key, lambda: self.fs.cat_file(path))
 
     def read_json(self, key: str) -> Any:
-        return json.loads(self.read_bytes(key))
+        return json.loads(self.read_bytes(key, small=True))
 
     def list(self, prefix: str) -> list[str]:
         """Keys directly below ``prefix`` (empty when it does not exist)."""
@@ -325,35 +395,208 @@ class Storage:
     def size(self, key: str) -> int:
         return int(self._call("stat", key, lambda: self.fs.size(self.path(key))))
 
+    def info_tree(self, prefix: str) -> dict[str, ObjectInfo]:
+        """Every object below ``prefix`` (recursively) by key, with size and ETag, from listings
+        only: one LIST request per 1000 objects on S3, never a read. Local temp files are left out.
+        """
+        base = self.path(prefix)
+        root = self._root_path.rstrip("/") + "/"
+        out: dict[str, ObjectInfo] = {}
+        if self.is_local:
+            for dirpath, _dirs, files in os.walk(base):
+                for name in files:
+                    if _TMP_NAME.search(name):
+                        continue
+                    full = os.path.join(dirpath, name)
+                    with contextlib.suppress(FileNotFoundError):
+                        key = full.removeprefix(root)
+                        out[key] = ObjectInfo(key, os.stat(full).st_size)
+            return out
+        try:
+            found = self._call(
+                "list", prefix, lambda: self.fs.find(base, detail=True, withdirs=False)
+            )
+        except FileNotFoundError:
+            return {}
+        for path, entry in found.items():
+            key = path.removeprefix(root)
+            etag = entry.get("ETag") or entry.get("etag")
+            out[key] = ObjectInfo(key, int(entry.get("size") or 0), _unquote(etag))
+        return out
+
+    def info(self, key: str) -> ObjectInfo:
+        """Size (and ETag on S3) of one object; FileNotFoundError when there is none."""
+        entry = self._call("stat", key, lambda: self.fs.info(self.path(key)))
+        return ObjectInfo(key, int(entry.get("size") or 0), _unquote(entry.get("ETag")))
+
+    def sha256(self, key: str) -> str:
+        """The sha256 of an object's bytes, read in blocks (bounded memory for any size)."""
+
+        def digest() -> str:
+            h = hashlib.sha256()
+            with self.fs.open(self.path(key), "rb", block_size=BLOCK_SIZE) as f:
+                while chunk := f.read(BLOCK_SIZE):
+                    h.update(chunk)
+            return h.hexdigest()
+
+        return self._call("read", key, digest)
+
     # `builtins.list`: in this class's annotations `list` names the method above.
     def read_parquet(
         self, keys: Iterable[str], columns: builtins.list[str] | None = None
     ) -> pa.Table:
+        """The rows of several Parquet files, concatenated.
+
+        A file that is missing or does not parse raises :class:`StorageError` naming it (never a
+        raw pyarrow error): a damaged shard is a storage problem, not a quality failure.
+        """
         tables = []
         for key in keys:
-            if self.is_local:
-                with self.fs.open(self.path(key), "rb") as f:
-                    tables.append(pq.read_table(f, columns=columns))
-            else:
-                # One GET per shard file, retried as a whole: a half-read file is never used.
-                tables.append(pq.read_table(io.BytesIO(self.read_bytes(key)), columns=columns))
+            try:
+                if self.is_local:
+                    with self.fs.open(self.path(key), "rb") as f:
+                        tables.append(pq.read_table(f, columns=columns))
+                else:
+                    # The whole file, retried as a whole: a half-read file is never used.
+                    data = self.read_bytes(key)
+                    tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+            except StorageError:
+                raise
+            except FileNotFoundError:
+                raise StorageError(
+                    f"{self.uri(key)} is missing; it was deleted after its shard was committed. "
+                    "Re-run the request: committed files are checked against their commit "
+                    "markers and missing or damaged shards are recomputed"
+                ) from None
+            except Exception as exc:
+                raise StorageError(
+                    f"{self.uri(key)} cannot be read as Parquet ({_short(exc)}); the file is "
+                    "damaged. Re-run the request: committed files are checked against their "
+                    "commit markers and damaged shards are recomputed"
+                ) from exc
         if not tables:
             raise StorageError("read_parquet was given no files")
         return pa.concat_tables(tables)
 
     # --- writes -------------------------------------------------------------------------
     def write_bytes(self, key: str, data: bytes) -> None:
-        """Write (or replace) an object; it appears whole or not at all."""
+        """Write (or replace) an object; it appears whole or not at all, and a failed write
+        leaves nothing behind (no temp file, no in-flight upload)."""
         path = self.path(key)
         if self.is_local:
+            self._write_local(key, data, lambda tmp: os.replace(tmp, path))
+            return
+        part = part_size()
+        if len(data) >= 2 * part:
+            self._multipart_put(key, data, part)
+            return
+        # A PUT is atomic on S3, so a retry is safe.
+        self._call("write", key, lambda: self.fs.pipe_file(path, data, chunksize=part))
+
+    def _write_local(self, key: str, data: bytes, publish: Callable[[str], None]) -> None:
+        """Write ``data`` to a temp file beside ``key`` and ``publish`` it (rename or link).
+
+        The temp file is removed whatever happens (a full disk, a refused rename, an interrupt).
+        """
+        path = self.path(key)
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex}"
+        try:
             os.makedirs(posixpath.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
-            return
-        # A PUT (or a multipart upload, completed last) is atomic on S3, so a retry is safe.
-        self._call("write", key, lambda: self.fs.pipe_file(path, data, chunksize=PUT_CHUNK))
+            publish(tmp)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):
+                raise
+            raise _local_error("write", self.uri(key), exc) from exc
+        finally:
+            with contextlib.suppress(OSError):  # gone, or never created (read-only, no dir)
+                os.unlink(tmp)
+
+    def _multipart_put(self, key: str, data: bytes, part: int) -> None:
+        """Upload ``data`` in parts of ``part`` bytes; abort the upload on any failure.
+
+        Each part is retried on its own (a part is idempotent: uploading it again replaces it),
+        so one failed part costs one part, not the whole upload.
+        """
+        path = self.path(key)
+        bucket, obj, _ = self.fs.split_path(path)
+        started = self._call(
+            "start an upload of",
+            key,
+            lambda: self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=obj),
+        )
+        upload_id = started["UploadId"]
+        completes = 0
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, len(data), part), start=1):
+                body = data[offset : offset + part]
+
+                def put(body: bytes = body, number: int = number) -> Any:
+                    return self.fs.call_s3(
+                        "upload_part",
+                        Bucket=bucket,
+                        Key=obj,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                    )
+
+                out = self._call(f"upload part {number} of", key, put)
+                parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
+            def complete() -> None:
+                nonlocal completes
+                completes += 1
+                self.fs.call_s3(
+                    "complete_multipart_upload",
+                    Bucket=bucket,
+                    Key=obj,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+
+            try:
+                self._call("complete the upload of", key, complete)
+            except Exception:
+                # A completion whose response was lost and that was retried finds the upload
+                # gone (NoSuchUpload): the object being there, whole, is the proof it completed.
+                if completes < 2 or not self._holds(key, data, part):
+                    raise
+        except BaseException:
+            self._abort_upload(key, bucket, obj, upload_id)
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+
+    def _holds(self, key: str, data: bytes, part: int) -> bool:
+        try:
+            info = self.info(key)
+        except Exception:
+            return False
+        return info.size == len(data) and info.etag == content_etag(data, part)
+
+    def _abort_upload(self, key: str, bucket: str, obj: str, upload_id: str) -> None:
+        try:
+            with_retries(
+                "abort the upload of",
+                self.uri(key),
+                lambda: self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=obj, UploadId=upload_id
+                ),
+                passthrough=("missing",),
+            )
+        except FileNotFoundError:
+            pass  # already gone (completed or aborted)
+        except Exception as exc:
+            log.warning(
+                "storage: could not abort the failed upload %s of %s (%s); the next run's "
+                "preflight sweeps it (or set an AbortIncompleteMultipartUpload lifecycle rule)",
+                upload_id,
+                self.uri(key),
+                _scrub(_short(exc), s3_settings()),
+            )
 
     def write_json(self, key: str, obj: Any) -> None:
         self.write_bytes(key, _json_bytes(obj))
@@ -364,11 +607,7 @@ class Storage:
         Encoded in memory and uploaded in one request: shard files are bounded by the shard size,
         and a single PUT is both atomic and cheaper than a streamed multipart upload.
         """
-        buf = io.BytesIO()
-        for name, value in _codec_defaults(table.schema).items():
-            kwargs.setdefault(name, value)
-        pq.write_table(table, buf, **kwargs)
-        data = buf.getvalue()
+        data = parquet_bytes(table, **kwargs)
         self.write_bytes(key, data)
         return len(data)
 
@@ -383,19 +622,10 @@ class Storage:
         path = self.path(key)
         if self.is_local:
             try:
-                os.makedirs(posixpath.dirname(path), exist_ok=True)
-                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                try:
-                    os.link(tmp, path)
-                finally:
-                    os.unlink(tmp)
+                self._write_local(key, data, lambda tmp: os.link(tmp, path))
                 return True
             except FileExistsError:
                 return self._same_or_conflict(key, data, retried=False)
-            except OSError as exc:
-                raise StorageError(f"cannot create {self.uri(key)}: {exc}") from exc
         attempts = 0
 
         def put() -> None:
@@ -412,7 +642,7 @@ class Storage:
             return self._same_or_conflict(key, data, retried=attempts > 1)
 
     def _same_or_conflict(self, key: str, data: bytes, retried: bool) -> bool:
-        existing = self.read_bytes(key)
+        existing = self.read_bytes(key, small=True)
         if existing == data:
             return retried
         raise CommitConflictError(
@@ -427,6 +657,45 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self._call("delete", key, lambda: self.fs.rm_file(self.path(key)))
 
+    # --- litter -------------------------------------------------------------------------
+    def sweep_litter(self, prefix: str, older_than_s: float) -> int:
+        """Remove what killed writers left below ``prefix``: local temp files, or on S3 the
+        in-flight multipart uploads, started more than ``older_than_s`` ago (younger ones may
+        belong to a live writer). Returns how many were removed; never raises."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        try:
+            if self.is_local:
+                for dirpath, _dirs, files in os.walk(self.path(prefix)):
+                    for name in files:
+                        full = os.path.join(dirpath, name)
+                        with contextlib.suppress(FileNotFoundError):
+                            if _TMP_NAME.search(name) and os.stat(full).st_mtime < cutoff:
+                                os.unlink(full)
+                                removed += 1
+                return removed
+            bucket, obj, _ = self.fs.split_path(self.path(prefix))
+            listing = with_retries(
+                "list the uploads in",
+                self.uri(prefix),
+                lambda: self.fs.call_s3(
+                    "list_multipart_uploads", Bucket=bucket, Prefix=obj.rstrip("/") + "/"
+                ),
+            )
+            for upload in listing.get("Uploads") or []:
+                started = upload.get("Initiated")
+                if isinstance(started, datetime) and started.astimezone(UTC).timestamp() < cutoff:
+                    key = f"{bucket}/{upload['Key']}".removeprefix(
+                        self._root_path.rstrip("/") + "/"
+                    )
+                    self._abort_upload(key, bucket, upload["Key"], upload["UploadId"])
+                    removed += 1
+        except Exception as exc:  # a sweep is housekeeping: it must never fail a run
+            log.info("storage: litter sweep of %s skipped (%s)", self.uri(prefix), _short(exc))
+        if removed:
+            log.warning("storage: removed %d leftovers of killed writes under %s", removed, prefix)
+        return removed
+
     # --- helpers ------------------------------------------------------------------------
     def _call(
         self, what: str, key: str, fn: Callable[[], T], passthrough: tuple[str, ...] = ()
@@ -434,13 +703,24 @@ class Storage:
         if self.is_local:
             try:
                 return fn()
-            except FileNotFoundError:
+            except (FileNotFoundError, StorageError):
                 raise
             except Exception as exc:
-                raise StorageError(
-                    f"cannot {what} {self.uri(key)}: {type(exc).__name__}: {exc}"
-                ) from exc
+                raise _local_error(what, self.uri(key), exc) from exc
         return with_retries(what, self.uri(key), fn, passthrough)
+
+
+def _unquote(etag: Any) -> str | None:
+    return str(etag).strip('"') if etag else None
+
+
+def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
+    """``table`` encoded as one Parquet file, with augflow's codec defaults."""
+    buf = io.BytesIO()
+    for name, value in _codec_defaults(table.schema).items():
+        kwargs.setdefault(name, value)
+    pq.write_table(table, buf, **kwargs)
+    return buf.getvalue()
 
 
 def _codec_defaults(schema: pa.Schema) -> dict[str, Any]:

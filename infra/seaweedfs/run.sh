@@ -7,6 +7,9 @@
 #   infra/seaweedfs/run.sh status
 #
 # Everything binds 127.0.0.1 only; authentication is on (identities file with a TEST key).
+# identities.least-privilege.example.json shows the identity a run needs and no more: read (and
+# list) its input prefix, read/list/write its output prefix (actions like "Write:bucket/prefix/*").
+# The fault suite runs the whole flow with it (tests/faults/test_store_faults.py).
 # Settings (environment):
 #   SEAWEEDFS_S3_PORT      S3 port P; the other components use P+1..P+6 and their gRPC ports
 #                          P+10000..P+10006 (SeaweedFS adds 10000), so all of those must be free

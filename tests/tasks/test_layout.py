@@ -94,3 +94,17 @@ def test_keys_resolve_below_the_storage_root(tmp_path: Path) -> None:
     for key in keys:
         assert Path(storage.path(key)).resolve().is_relative_to(tmp_path.resolve())
         assert storage.uri(key) == f"{storage.root}/{key}"
+
+
+def test_recomputed_generations_have_their_own_keys() -> None:
+    run = RunLayout(HASH)
+    tag = layout.generation_tag(2, "ab" * 32)
+    assert tag == "g2-abababababab"
+    assert run.commit_marker("s1", 2) == "runs/0123456789abcdef/commits/s1.g2.json"
+    assert run.data_file("s1", tag) == "runs/0123456789abcdef/shards/g2-abababababab/s1.parquet"
+    assert run.quarantine_file("s1", tag).endswith("/quarantine/g2-abababababab/s1.parquet")
+    assert layout.shard_id_of(run.data_file("s1", tag)) == "s1"  # refreshes find the shard
+    assert layout.parse_commit_marker(run.commit_marker("s1")) == ("s1", 0)
+    assert layout.parse_commit_marker(run.commit_marker("s1", 2)) == ("s1", 2)
+    assert layout.parse_commit_marker(run.commit_marker("s1") + ".tmp-" + "0" * 32) is None
+    assert layout.preflight_probe("t") == ".preflight/t"

@@ -145,8 +145,8 @@ def test_racing_registrations_publish_exactly_once(storage: Storage) -> None:
 
 def test_latest_resolution_and_listing(storage: Storage) -> None:
     register_version(storage, _entry(storage, "v1", seed=1, created_at=T0))
-    register_version(storage, _entry(storage, "v3", seed=3, created_at=T0 + timedelta(days=2)))
     register_version(storage, _entry(storage, "v2", seed=2, created_at=T0 + timedelta(days=1)))
+    register_version(storage, _entry(storage, "v3", seed=3, created_at=T0 + timedelta(days=2)))
     register_version(storage, _entry(storage, "d1", dataset="dogs", n=1))
     assert get_version(storage, "cats", "latest").version == "v3"
     assert get_version(storage, "cats").version == "v3"
@@ -183,9 +183,9 @@ def test_version_not_found_messages(storage: Storage) -> None:
 
 def test_entry_round_trip(storage: Storage) -> None:
     entry = _entry(storage)
-    register_version(storage, entry)
+    outcome = register_version(storage, entry)
     back = get_version(storage, "cats", entry.version)
-    assert back == entry
+    assert back == outcome.entry == entry.model_copy(update={"sequence": 1})
     assert back.created_at.tzinfo is not None
     raw = storage.read_json(entry_key("cats", entry.version))
     assert raw["created_at"].endswith("Z")

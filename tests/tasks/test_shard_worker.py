@@ -13,7 +13,7 @@ from conftest import photo_crops
 from PIL import Image
 
 from augflow.schemas import parse_request
-from augflow.tasks.commits import read_marker
+from augflow.tasks.commits import ShardFiles, commit_shard, read_marker, shard_state
 from augflow.tasks.layout import RunLayout
 from augflow.tasks.plan import plan_request
 from augflow.tasks.shard_worker import ShardWorker
@@ -148,6 +148,27 @@ def test_a_shard_with_every_input_quarantined_writes_no_data_file(
     assert "too small: 1x1" in reasons["b-tiny.png"] and "quality.min_side" in reasons["b-tiny.png"]
     again = worker.process(shard)
     assert again.status == "skipped" and again.data_file is None
+
+    # Damaged later (its quarantine file truncated): detected and recomputed; the same bytes are
+    # rewritten in place under the same marker, still with no data file.
+    q_path = out / result.quarantine_file
+    q_bytes = q_path.read_bytes()
+    q_path.write_bytes(q_bytes[:10])
+    repaired = worker.process(shard)
+    assert repaired.status == "computed" and repaired.data_file is None
+    assert q_path.read_bytes() == q_bytes
+    assert read_marker(Storage(str(out)), layout.commit_marker(shard.shard_id)) == marker
+    # Different bytes for a damaged quarantine-only shard: the next generation, keyed by the
+    # quarantine file's digest, again without a data file.
+    q_path.write_bytes(q_bytes[:10])
+    storage = Storage(str(out))
+    state = shard_state(storage, layout, shard.shard_id)
+    assert state.damage and "quarantine" in state.damage
+    files = ShardFiles(shard.shard_id, None, b"other bytes", 0, 2, marker.row_ids_sha256)
+    g1 = commit_shard(storage, layout, files, previous=state)
+    assert (g1.generation, g1.data_file, g1.data_bytes) == (1, None, 0)
+    assert g1.quarantine_file and (out / g1.quarantine_file).read_bytes() == b"other bytes"
+    assert shard_state(storage, layout, shard.shard_id).committed
 
 
 def test_degenerate_mpo_animated_and_unreadable_sources(ddim: Path, tmp_path: Path) -> None:

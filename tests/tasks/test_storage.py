@@ -4,7 +4,12 @@ retries with backoff, credential sources and secret scrubbing."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +23,7 @@ from augflow.tasks import credentials
 from augflow.tasks.storage import (
     Storage,
     classify,
+    content_etag,
     normalize_uri,
     open_uri,
     storage_options_for,
@@ -195,3 +201,117 @@ def test_installed_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = credentials.S3Settings(source="driver", endpoint_url="http://x:1", key="driver")
     credentials.install_s3_settings(installed)
     assert storage_options_for("s3://b")["key"] == "driver"
+
+
+# --- no litter, clear errors on a real full or read-only filesystem -------------------------------
+
+# Runs inside a private user+mount namespace (`unshare -Urm`) on a tmpfs of a few KiB mounted just
+# for it: a real filesystem returning real ENOSPC / EROFS, gone when the process exits.
+_FULL_DISK = """
+import json, os, subprocess, sys
+from pathlib import Path
+import pyarrow as pa
+from augflow.schemas.errors import StorageError, StoragePermissionError
+from augflow.tasks.commits import ShardFiles, commit_shard, shard_state
+from augflow.tasks.layout import RunLayout
+from augflow.tasks.storage import Storage, parquet_bytes
+
+full, ro = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", full], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro], check=True)
+out = {}
+s = Storage(full)
+s.write_bytes("small.json", b"{}")  # fits
+for name, op in {
+    "write_bytes": lambda: s.write_bytes("big.bin", os.urandom(200_000)),
+    "create_exclusive": lambda: s.create_exclusive("big.json", os.urandom(200_000)),
+    "write_parquet": lambda: s.write_parquet(
+        "big.parquet", pa.table({"x": [os.urandom(1000) for _ in range(200)]})
+    ),
+}.items():
+    try:
+        op()
+        out[name] = "no error"
+    except StorageError as exc:
+        out[name] = str(exc)
+layout = RunLayout("ab" * 32)
+data = parquet_bytes(pa.table({"x": [os.urandom(1000) for _ in range(200)]}))
+files = ShardFiles("s1", data, None, 200, 0, "0" * 64)
+try:
+    commit_shard(s, layout, files)
+    out["commit"] = "no error"
+except StorageError as exc:
+    out["commit"] = str(exc)
+out["committed_after"] = shard_state(s, layout, "s1").generation
+out["left"] = sorted(str(p.relative_to(full)) for p in Path(full).rglob("*") if p.is_file())
+try:
+    Storage(ro).write_bytes("x", b"1")
+    out["ro"] = "no error"
+except StoragePermissionError as exc:
+    out["ro"] = "StoragePermissionError: " + str(exc)
+print(json.dumps(out))
+"""
+
+
+def _in_namespace(tmp_path: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a user+mount namespace here: {probe.stderr!r}")
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    return subprocess.run(
+        ["unshare", "-Urm", sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_full_disk_fails_clearly_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    full, ro = tmp_path / "full", tmp_path / "ro"
+    full.mkdir()
+    ro.mkdir()
+    proc = _in_namespace(tmp_path, _FULL_DISK, str(full), str(ro))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for op in ("write_bytes", "create_exclusive", "write_parquet", "commit"):
+        assert "no space left on the device" in out[op], (op, out[op])
+        assert "Nothing partial was left behind" in out[op]
+    assert out["committed_after"] == -1  # no marker for a shard whose files did not fit
+    assert out["left"] == ["small.json"]  # no *.tmp-* file, no partial object
+    assert out["ro"].startswith("StoragePermissionError") and "permission denied" in out["ro"]
+
+
+def test_a_damaged_parquet_file_is_named_not_a_raw_pyarrow_error(tmp_path: Path) -> None:
+    s = Storage(str(tmp_path))
+    s.write_parquet("a.parquet", pa.table({"x": [1, 2, 3]}))
+    s.write_parquet("b.parquet", pa.table({"x": [4]}))
+    path = tmp_path / "b.parquet"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(StorageError) as err:
+        s.read_parquet(["a.parquet", "b.parquet"])
+    assert s.uri("b.parquet") in str(err.value) and "damaged" in str(err.value)
+    with pytest.raises(StorageError, match="is missing"):
+        s.read_parquet(["a.parquet", "gone.parquet"])
+
+
+def test_litter_of_killed_writes_is_swept_once_old(tmp_path: Path) -> None:
+    s = Storage(str(tmp_path))
+    s.write_bytes("runs/r/shards/a.parquet", b"keep")
+    old = tmp_path / "runs/r/shards" / f"b.parquet.tmp-{'1' * 32}"
+    young = tmp_path / "runs/r/shards" / f"c.parquet.tmp-{'2' * 32}"
+    for p in (old, young):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert "runs/r/shards/b.parquet.tmp-" + "1" * 32 not in s.info_tree("runs")  # never listed
+    assert s.sweep_litter("runs/r", older_than_s=3600) == 1
+    assert not old.exists() and young.exists()  # a live writer's temp file is left alone
+    assert (tmp_path / "runs/r/shards/a.parquet").read_bytes() == b"keep"
+
+
+def test_content_etag_matches_s3s_single_and_multipart_rule() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    assert content_etag(data, part=2**20) == hashlib.md5(data).hexdigest()  # < 2 parts: one PUT
+    part = 256 * 1024
+    parts = [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
+    assert content_etag(data, part=part) == hashlib.md5(b"".join(parts)).hexdigest() + "-4"
