@@ -1,0 +1,347 @@
+"""Train the bundled feature network of the set-level metrics (models/bundled/features-tiny).
+
+    nohup nice -n 10 python -m augflow.models.training.features --steps 2400 \\
+        --out models/bundled/features-tiny --work /tmp/features-work > features-train.log 2>&1 &
+
+Why this objective. KID/FID only see what the feature network sees, and the quality gate must see
+two kinds of difference between an augmented set and its reference: *what* is in the images, and
+*how degraded* they are (noise left in, blur, colour casts, compression). Contrastive methods
+(SimCLR and friends) learn the first by making features invariant to colour jitter and blur —
+exactly the defects the gate exists to catch. So the network is trained on three tasks at once,
+all linear heads on the same 128-d embedding (so the embedding itself encodes them):
+
+1. **Degradation regression**: each crop gets, at random, a colour offset per channel, a Gaussian
+   blur, Gaussian noise and JPEG compression; the network regresses their strengths.
+2. **Rotation** (Gidaris et al., 2018): which of 0/90/180/270° the crop was turned by — a
+   self-supervised signal about layout and object shape.
+3. **Surrogate classes**: which training photo a crop comes from (15 photos), which digit
+   (scikit-learn's digits) or that it is an LFW background patch — content identity, the way
+   Exemplar-CNN (Dosovitskiy et al., 2014) uses an image's own crops as a class.
+
+Data: offline only, and never the photos or faces the evaluation uses (scikit-image's TRAIN photos
+at two scales, scikit-learn's digits, the 100 non-face LFW background patches). The held-out
+photos and LFW faces stay unseen, so the KID sanity numbers in docs/quality-gate.md are measured
+on data the features were not trained on.
+
+Reproducible: the weights are seeded, the data of step ``s`` comes from ``default_rng([seed, s])``
+(so a resumed run draws what an uninterrupted one would) and torch uses one thread. Checkpoints
+(weights + optimiser, ``torch.save`` of tensors only, loaded with ``weights_only=True``) go to
+``--work`` every ``--save-every`` steps; the bundled folder gets safetensors (float16) only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage as ndi
+from torch import nn
+
+from augflow.models.features import CONFIG_KEY, WEIGHTS_FILE, SmallFeatureNet
+from augflow.models.training.data import HELD_OUT, TRAIN, load_photo
+
+SIZE = 64
+#: Degradation parameters the network regresses, each scaled to about [0, 1] ([-1, 1] colour).
+DEGRADATIONS = ("blur", "noise", "jpeg", "shift_r", "shift_g", "shift_b")
+BLUR_MAX, NOISE_MAX, SHIFT_MAX = 3.0, 50.0, 0.25
+JPEG_QUALITY = (10, 70)
+P_DEGRADE = 0.35
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+class Sources:
+    """The training images and their surrogate classes."""
+
+    def __init__(self) -> None:
+        from skimage import data as skdata
+        from sklearn.datasets import load_digits
+
+        self.photos: list[tuple[np.ndarray, int]] = []
+        for cls, name in enumerate(TRAIN):
+            img = load_photo(name)
+            self.photos.append((img, cls))
+            h, w = img.shape[:2]
+            if min(h, w) // 2 >= SIZE:
+                half = Image.fromarray(img).resize((w // 2, h // 2), Image.Resampling.LANCZOS)
+                self.photos.append((np.asarray(half), cls))
+        areas = np.array([p.shape[0] * p.shape[1] for p, _ in self.photos], dtype=np.float64)
+        self.photo_p = np.sqrt(areas) / np.sqrt(areas).sum()
+        digits = load_digits()
+        self.digits = (digits.images * 16).clip(0, 255).astype(np.uint8)
+        self.digit_labels = digits.target.astype(int)
+        self.digit_class0 = len(TRAIN)
+        backgrounds = skdata.lfw_subset()[100:]  # the first 100 are faces: never used here
+        self.backgrounds = (backgrounds * 255).round().astype(np.uint8)
+        self.background_class = self.digit_class0 + 10
+        self.num_classes = self.background_class + 1
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """One clean 64×64 RGB crop and its surrogate class."""
+        kind = rng.random()
+        if kind < 0.6:
+            img, cls = self.photos[rng.choice(len(self.photos), p=self.photo_p)]
+            h, w = img.shape[:2]
+            top = min(h, w, 256)
+            side = round(math.exp(rng.uniform(math.log(24), math.log(top))))
+            y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+            crop = img[y : y + side, x : x + side]
+        elif kind < 0.8:
+            i = int(rng.integers(len(self.digits)))
+            crop, cls = self.digits[i], self.digit_class0 + int(self.digit_labels[i])
+        else:
+            bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+            side = int(rng.integers(16, 26))
+            y, x = rng.integers(0, 26 - side), rng.integers(0, 26 - side)
+            crop, cls = bg[y : y + side, x : x + side], self.background_class
+        if crop.ndim == 2:
+            crop = np.repeat(crop[:, :, None], 3, axis=2)
+        out = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
+        if rng.random() < 0.5:
+            out = out[:, ::-1]
+        return np.ascontiguousarray(out), cls
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly degrade a uint8 crop; returns it and the scaled parameters (``DEGRADATIONS``)."""
+    target = np.zeros(len(DEGRADATIONS), dtype=np.float32)
+    x = img.astype(np.float32) / 255.0
+    if rng.random() < P_DEGRADE:
+        shift = rng.uniform(-SHIFT_MAX, SHIFT_MAX, 3).astype(np.float32)
+        x = np.clip(x + shift, 0.0, 1.0)
+        target[3:] = shift / SHIFT_MAX
+    if rng.random() < P_DEGRADE:
+        sigma = float(rng.uniform(0.5, BLUR_MAX))
+        x = ndi.gaussian_filter(x, (sigma, sigma, 0))
+        target[0] = sigma / BLUR_MAX
+    if rng.random() < P_DEGRADE:
+        sigma = float(rng.uniform(3.0, NOISE_MAX))
+        x = np.clip(x + rng.normal(0.0, sigma / 255.0, x.shape), 0.0, 1.0)
+        target[1] = sigma / NOISE_MAX
+    out = (x * 255.0).round().astype(np.uint8)
+    if rng.random() < P_DEGRADE:
+        lo, hi = JPEG_QUALITY
+        q = int(rng.integers(lo, hi + 1))
+        buf = io.BytesIO()
+        Image.fromarray(out).save(buf, format="JPEG", quality=q)
+        out = np.asarray(Image.open(buf).convert("RGB"))
+        target[2] = (hi - q) / (hi - lo) * 0.9 + 0.1
+    return out, target
+
+
+def batch(
+    sources: Sources, seed: int, step: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images in [-1,1], rotation labels, surrogate classes, degradation targets) of one step."""
+    rng = np.random.default_rng([seed, step])
+    imgs, rots, classes, targets = [], [], [], []
+    for _ in range(n):
+        crop, cls = sources.sample(rng)
+        crop, target = degrade(crop, rng)
+        k = int(rng.integers(4))
+        imgs.append(np.rot90(crop, k=k))
+        rots.append(k)
+        classes.append(cls)
+        targets.append(target)
+    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    return (
+        x.contiguous(),
+        torch.tensor(rots),
+        torch.tensor(classes),
+        torch.from_numpy(np.stack(targets)),
+    )
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+class Trainer(nn.Module):
+    def __init__(self, num_classes: int, dim: int = 128) -> None:
+        super().__init__()
+        self.net = SmallFeatureNet(dim=dim, input_size=SIZE)
+        self.rot = nn.Linear(dim, 4)
+        self.cls = nn.Linear(dim, num_classes)
+        self.deg = nn.Linear(dim, len(DEGRADATIONS))
+
+    def losses(
+        self, x: torch.Tensor, rot: torch.Tensor, cls: torch.Tensor, deg: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        e = self.net.embed(x)
+        lr, lc = self.rot(e), self.cls(e)
+        return {
+            "rot": F.cross_entropy(lr, rot),
+            "cls": F.cross_entropy(lc, cls),
+            "deg": F.mse_loss(self.deg(e), deg) * 4.0,
+            "rot_acc": (lr.argmax(1) == rot).float().mean(),
+            "cls_acc": (lc.argmax(1) == cls).float().mean(),
+        }
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# --- held-out evaluation -------------------------------------------------------------------------
+
+
+def held_out_batch(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crops of the held-out photos (never trained on), degraded and rotated like training."""
+    rng = np.random.default_rng([seed, 10**9])
+    photos = [load_photo(name) for name in HELD_OUT]
+    imgs, rots, targets = [], [], []
+    for _ in range(n):
+        img = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(32, 257))
+        y = rng.integers(0, img.shape[0] - side + 1)
+        x = rng.integers(0, img.shape[1] - side + 1)
+        crop = np.asarray(
+            Image.fromarray(img[y : y + side, x : x + side]).resize(
+                (SIZE, SIZE), Image.Resampling.BICUBIC
+            )
+        )
+        crop, target = degrade(crop, rng)
+        k = int(rng.integers(4))
+        imgs.append(np.rot90(crop, k=k))
+        rots.append(k)
+        targets.append(target)
+    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    return x.contiguous(), torch.tensor(rots), torch.from_numpy(np.stack(targets))
+
+
+@torch.no_grad()
+def evaluate(model: Trainer, seed: int) -> dict[str, Any]:
+    model.eval()
+    x, rot, target = held_out_batch(seed)
+    e = model.net.embed(x)
+    pred = model.deg(e)
+    rot_acc = float((model.rot(e).argmax(1) == rot).float().mean())
+    r2 = {}
+    for i, name in enumerate(DEGRADATIONS):
+        t, p = target[:, i], pred[:, i]
+        var = float(((t - t.mean()) ** 2).mean())
+        r2[name] = round(1.0 - float(((t - p) ** 2).mean()) / var, 3) if var > 0 else None
+    model.train()
+    return {"held_out_rotation_acc": round(rot_acc, 3), "held_out_degradation_r2": r2}
+
+
+# --- save / resume -------------------------------------------------------------------------------
+
+
+def feature_scale(model: Trainer, sources: Sources, seed: int, n: int = 512) -> float:
+    """1 / RMS of the embedding over clean training crops: folded into the projection so the
+    shipped features have unit mean variance per dimension (KID's polynomial kernel assumes
+    features of order one)."""
+    with torch.no_grad():
+        rng = np.random.default_rng([seed, 10**9 + 1])
+        crops = [sources.sample(rng)[0] for _ in range(n)]
+        x = torch.from_numpy(np.stack(crops).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        e = model.net.embed(x.contiguous())
+        return float(1.0 / e.std(dim=0).pow(2).mean().sqrt())
+
+
+def save_bundled(model: Trainer, out: Path, log: dict[str, Any], scale: float) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    state["proj.weight"] = state["proj.weight"] * scale
+    state["proj.bias"] = state["proj.bias"] * scale
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    config = {
+        CONFIG_KEY: model.net.config(),
+        "note": "augflow's own feature network; KID/FID with it are not comparable with "
+        "published (Inception) numbers",
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    sources = Sources()
+    model = Trainer(sources.num_classes)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "checkpoint.pt"
+    start = 0
+    history: list[dict[str, Any]] = []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = int(state["step"])
+        history = json.loads((work / "history.json").read_text())
+        print(f"resumed at step {start}", flush=True)
+    n_params = sum(p.numel() for p in model.net.parameters())
+    print(
+        f"feature net: {n_params} parameters; {sources.num_classes} surrogate classes", flush=True
+    )
+    t0 = time.time()
+    running: dict[str, float] = {}
+    for step in range(start, args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr)
+        x, rot, cls, deg = batch(sources, args.seed, step, args.batch)
+        parts = model.losses(x, rot, cls, deg)
+        loss = parts["rot"] + parts["cls"] + parts["deg"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in parts.items():
+            running[k] = running.get(k, 0.0) + float(v.detach())
+        done = step + 1
+        if done % args.log_every == 0:
+            avg = {k: round(v / args.log_every, 4) for k, v in running.items()}
+            avg.update(step=done, sec_per_step=round((time.time() - t0) / (done - start), 2))
+            history.append(avg)
+            print(json.dumps(avg), flush=True)
+            running = {}
+        if done % args.save_every == 0 or done == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
+            (work / "history.json").write_text(json.dumps(history))
+    evaluation = evaluate(model, args.seed)
+    print(json.dumps(evaluation), flush=True)
+    log = {
+        "args": vars(args),
+        "params": n_params,
+        "steps": args.steps,
+        "surrogate_classes": sources.num_classes,
+        "degradations": list(DEGRADATIONS),
+        "final": history[-1] if history else None,
+        **evaluation,
+        "torch": torch.__version__,
+    }
+    save_bundled(model, Path(args.out), log, feature_scale(model, sources, args.seed))
+    print(f"wrote {args.out}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--out", default="models/bundled/features-tiny")
+    p.add_argument("--work", default="/tmp/augflow-features-work")
+    train(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
