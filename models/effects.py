@@ -134,7 +134,7 @@ class EffectThresholds:
     denoise_max_noise_ratio: float = 0.5
     #: noise σ a clean, textured photo reads (texture looks like noise to any blind estimator);
     #: below it the estimator cannot tell leftover noise from texture
-    denoise_noise_floor: float = 6.0
+    denoise_noise_floor: float = 8.0
     denoise_min_detail: float = 0.2
     denoise_min_lowpass_psnr: float = 24.0
     upscale_min_consistency_psnr: float = 28.0

@@ -658,8 +658,9 @@ class FeatureStats:
     """Features of the outputs and of a reference set, streamed; KID, FID and diversity at the end.
 
     ``update(images, real=False)`` for outputs, ``real=True`` for the reference (either order,
-    interleaved or not). KID is torchmetrics' unbiased estimator over ``kid_subsets`` random
-    subsets of the two reservoirs (deterministic: seeded); FID is torchmetrics' on running
+    interleaved or not). KID is torchmetrics' unbiased estimator, mean and spread over
+    ``kid_subsets`` random subsets (of ``kid_subset_size``, at most half the smaller reservoir)
+    of the two reservoirs (deterministic: seeded); FID is torchmetrics' on running
     sums, reported only when both sides have ``fid_min_images`` images (with fewer its bias
     dominates). Diversity is the mean pairwise squared feature distance of each side, exact over
     the whole stream.
@@ -724,7 +725,10 @@ class FeatureStats:
 
         n_real, n_fake = self._mom[True].n, self._mom[False].n
         kid = kid_std = None
-        subset = min(self.kid_subset_size, len(self._res[True].data), len(self._res[False].data))
+        # Subsets of at most half the smaller side: subsets as large as a side would all be that
+        # whole side, and their spread (kid_std) would say nothing.
+        smaller = min(len(self._res[True].data), len(self._res[False].data))
+        subset = min(self.kid_subset_size, smaller // 2)
         notes = []
         if subset >= 2:
             metric = KernelInceptionDistance(
@@ -740,7 +744,7 @@ class FeatureStats:
                 mean, std = metric.compute()
             kid, kid_std = float(mean), float(std)
         else:
-            notes.append("KID needs at least 2 images on each side")
+            notes.append("KID needs at least 4 images on each side")
         fid = None
         if min(n_real, n_fake) >= self.fid_min_images:
             fid = float(self._fid.compute())
@@ -770,3 +774,132 @@ def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+# --- set-level checks ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetThresholds:
+    """Default thresholds of the set-level checks (justified in docs/quality-gate.md)."""
+
+    #: Hamming distance (of 64 bits) at or below which two images are near-duplicates
+    max_hamming: int = DEFAULT_MAX_HAMMING
+    #: share of rows that near-duplicate an earlier row; for denoise/upscale/inpaint on top of
+    #: the inputs' own share (duplicated inputs give duplicated outputs)
+    max_duplicate_fraction: float = 0.01
+    #: share of generated rows that copy a reference (training) image
+    max_memorised_fraction: float = 0.001
+    #: img2img: two variants of a source at or above this PSNR are copies of each other ...
+    variant_max_pair_psnr: float = 40.0
+    #: ... and at most this share of sources may have such a pair
+    max_variant_copy_fraction: float = 0.05
+    #: generate/img2img: mean pairwise feature distance of the outputs ÷ the reference's
+    min_diversity_ratio: float = 0.5
+    #: KID/FID against the reference; None = reported, not checked (their scale depends on the
+    #: feature extractor and the domain; see docs/quality-gate.md for measured values)
+    max_kid: float | None = None
+    max_fid: float | None = None
+
+
+@dataclass(frozen=True)
+class SetCheckResult:
+    """One set-level check: what was required, what was observed, a few example rows."""
+
+    name: str
+    passed: bool
+    observed: float | None
+    threshold: float | None
+    detail: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def set_checks(
+    operation: str,
+    *,
+    duplicates: DuplicateReport | None = None,
+    input_duplicates: DuplicateReport | None = None,
+    memorisation: MemorisationReport | None = None,
+    variants: VariantReport | None = None,
+    distribution: DistributionReport | None = None,
+    thresholds: SetThresholds | None = None,
+) -> list[SetCheckResult]:
+    """The set-level checks that apply to ``operation`` given the reports that were computed."""
+    t = thresholds or SetThresholds()
+    out: list[SetCheckResult] = []
+    if duplicates is not None:
+        base = 0.0
+        if input_duplicates is not None and operation in ("denoise", "upscale", "inpaint"):
+            base = input_duplicates.duplicate_fraction
+        limit = base + t.max_duplicate_fraction
+        out.append(
+            SetCheckResult(
+                "near_duplicates",
+                duplicates.duplicate_fraction <= limit,
+                duplicates.duplicate_fraction,
+                limit,
+                f"{duplicates.duplicate_rows} of {duplicates.rows} rows are within "
+                f"{duplicates.max_distance} bits (pHash) of an earlier row; allowed "
+                f"{limit:.2%}" + (" (the inputs' share + margin)" if base else ""),
+                duplicates.examples,
+            )
+        )
+    if memorisation is not None:
+        out.append(
+            SetCheckResult(
+                "memorisation",
+                memorisation.matched_fraction <= t.max_memorised_fraction,
+                memorisation.matched_fraction,
+                t.max_memorised_fraction,
+                f"{memorisation.matched_rows} of {memorisation.rows} rows are within "
+                f"{memorisation.max_distance} bits of one of {memorisation.reference_images} "
+                f"reference images; allowed {t.max_memorised_fraction:.2%}",
+                memorisation.examples,
+            )
+        )
+    if variants is not None and operation == "img2img" and variants.sources:
+        share = variants.failing_sources / variants.sources
+        out.append(
+            SetCheckResult(
+                "variants_differ",
+                share <= t.max_variant_copy_fraction,
+                share,
+                t.max_variant_copy_fraction,
+                f"{variants.failing_sources} of {variants.sources} sources have two variants "
+                f"with a PSNR of ≥ {variants.threshold_db:g} dB to each other (copies); allowed "
+                f"{t.max_variant_copy_fraction:.0%}",
+                variants.examples,
+            )
+        )
+    if distribution is not None:
+        ratio = distribution.diversity_ratio
+        if operation in ("generate", "img2img") and ratio is not None:
+            out.append(
+                SetCheckResult(
+                    "diversity",
+                    ratio >= t.min_diversity_ratio,
+                    ratio,
+                    t.min_diversity_ratio,
+                    f"outputs' mean pairwise feature distance is {ratio:.2f}× the reference's "
+                    f"({distribution.extractor}); required ≥ {t.min_diversity_ratio:g}×",
+                )
+            )
+        for name, value, limit in (
+            ("kid", distribution.kid, t.max_kid),
+            ("fid", distribution.fid, t.max_fid),
+        ):
+            if value is None:
+                continue
+            checked = limit is not None
+            out.append(
+                SetCheckResult(
+                    f"distribution_{name}",
+                    (value <= limit) if checked else True,
+                    value,
+                    limit,
+                    f"{name.upper()} {value:.4g} vs the reference ({distribution.extractor}, "
+                    f"{distribution.outputs} outputs, {distribution.reference} reference images); "
+                    + (f"allowed ≤ {limit:g}" if checked else "reported, no threshold set"),
+                )
+            )
+    return out

@@ -1,22 +1,27 @@
 """Train the bundled feature network of the set-level metrics (models/bundled/features-tiny).
 
-    nohup nice -n 10 python -m augflow.models.training.features --steps 2400 \\
+    nohup nice -n 10 python -m augflow.models.training.features --steps 1000 \\
         --out models/bundled/features-tiny --work /tmp/features-work > features-train.log 2>&1 &
 
 Why this objective. KID/FID only see what the feature network sees, and the quality gate must see
 two kinds of difference between an augmented set and its reference: *what* is in the images, and
 *how degraded* they are (noise left in, blur, colour casts, compression). Contrastive methods
 (SimCLR and friends) learn the first by making features invariant to colour jitter and blur —
-exactly the defects the gate exists to catch. So the network is trained on three tasks at once,
-all linear heads on the same 128-d embedding (so the embedding itself encodes them):
+exactly the defects the gate exists to catch. So the network learns two tasks at once, both
+linear heads on the same 128-d embedding (so the embedding itself encodes them):
 
-1. **Degradation regression**: each crop gets, at random, a colour offset per channel, a Gaussian
-   blur, Gaussian noise and JPEG compression; the network regresses their strengths.
-2. **Rotation** (Gidaris et al., 2018): which of 0/90/180/270° the crop was turned by — a
-   self-supervised signal about layout and object shape.
-3. **Surrogate classes**: which training photo a crop comes from (15 photos), which digit
+1. **Degradation regression**: each photo crop gets, at random, a colour offset per channel, a
+   Gaussian blur, Gaussian noise and JPEG compression; the network regresses their strengths.
+   Photo crops are only ever *down*-scaled to 64×64, so an undegraded crop is sharp and "blur 0"
+   means what it says; the low-resolution sources (digits, 25-px LFW patches) are upscaled, i.e.
+   blurry by nature, so they are never degraded and carry no degradation target.
+2. **Surrogate classes**: which training photo a crop comes from (15 photos), which digit
    (scikit-learn's digits) or that it is an LFW background patch — content identity, the way
    Exemplar-CNN (Dosovitskiy et al., 2014) uses an image's own crops as a class.
+
+A first version also predicted 0/90/180/270° rotations (Gidaris et al., 2018) and let every
+source be degraded: on held-out photos it scored 16% rotation accuracy (chance: 25%) and R² 0.10
+for blur, and KID could not tell photos from their σ 1.5 px blurred copies; both were dropped.
 
 Data: offline only, and never the photos or faces the evaluation uses (scikit-image's TRAIN photos
 at two scales, scikit-learn's digits, the 100 non-face LFW background patches). The held-out
@@ -55,6 +60,8 @@ DEGRADATIONS = ("blur", "noise", "jpeg", "shift_r", "shift_g", "shift_b")
 BLUR_MAX, NOISE_MAX, SHIFT_MAX = 3.0, 50.0, 0.25
 JPEG_QUALITY = (10, 70)
 P_DEGRADE = 0.35
+#: Weight of the degradation loss against the class loss (cross-entropy of order 1).
+DEG_WEIGHT = 10.0
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -86,17 +93,17 @@ class Sources:
         self.background_class = self.digit_class0 + 10
         self.num_classes = self.background_class + 1
 
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-        """One clean 64×64 RGB crop and its surrogate class."""
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, int, bool]:
+        """One clean 64×64 RGB crop, its surrogate class and whether it is a (sharp) photo crop."""
         kind = rng.random()
-        if kind < 0.6:
+        if kind < 0.7:
             img, cls = self.photos[rng.choice(len(self.photos), p=self.photo_p)]
             h, w = img.shape[:2]
             top = min(h, w, 256)
-            side = round(math.exp(rng.uniform(math.log(24), math.log(top))))
+            side = round(math.exp(rng.uniform(math.log(SIZE), math.log(top))))
             y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
             crop = img[y : y + side, x : x + side]
-        elif kind < 0.8:
+        elif kind < 0.85:
             i = int(rng.integers(len(self.digits)))
             crop, cls = self.digits[i], self.digit_class0 + int(self.digit_labels[i])
         else:
@@ -109,7 +116,7 @@ class Sources:
         out = np.asarray(Image.fromarray(crop).resize((SIZE, SIZE), Image.Resampling.BICUBIC))
         if rng.random() < 0.5:
             out = out[:, ::-1]
-        return np.ascontiguousarray(out), cls
+        return np.ascontiguousarray(out), cls, kind < 0.7
 
 
 def degrade(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -142,24 +149,29 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 def batch(
     sources: Sources, seed: int, step: int, n: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images in [-1,1], rotation labels, surrogate classes, degradation targets) of one step."""
+    """(images in [-1,1], surrogate classes, degradation targets, target weights) of one step."""
     rng = np.random.default_rng([seed, step])
-    imgs, rots, classes, targets = [], [], [], []
+    imgs, classes, targets, weights = [], [], [], []
     for _ in range(n):
-        crop, cls = sources.sample(rng)
-        crop, target = degrade(crop, rng)
-        k = int(rng.integers(4))
-        imgs.append(np.rot90(crop, k=k))
-        rots.append(k)
+        crop, cls, sharp = sources.sample(rng)
+        target = np.zeros(len(DEGRADATIONS), dtype=np.float32)
+        if sharp:
+            crop, target = degrade(crop, rng)
+        imgs.append(crop)
         classes.append(cls)
         targets.append(target)
-    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        weights.append(1.0 if sharp else 0.0)
     return (
-        x.contiguous(),
-        torch.tensor(rots),
+        to_tensor(imgs),
         torch.tensor(classes),
         torch.from_numpy(np.stack(targets)),
+        torch.tensor(weights),
     )
+
+
+def to_tensor(imgs: list[np.ndarray]) -> torch.Tensor:
+    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    return x.contiguous()
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -169,20 +181,18 @@ class Trainer(nn.Module):
     def __init__(self, num_classes: int, dim: int = 128) -> None:
         super().__init__()
         self.net = SmallFeatureNet(dim=dim, input_size=SIZE)
-        self.rot = nn.Linear(dim, 4)
         self.cls = nn.Linear(dim, num_classes)
         self.deg = nn.Linear(dim, len(DEGRADATIONS))
 
     def losses(
-        self, x: torch.Tensor, rot: torch.Tensor, cls: torch.Tensor, deg: torch.Tensor
+        self, x: torch.Tensor, cls: torch.Tensor, deg: torch.Tensor, weight: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         e = self.net.embed(x)
-        lr, lc = self.rot(e), self.cls(e)
+        lc = self.cls(e)
+        sq = ((self.deg(e) - deg) ** 2).mean(dim=1)
         return {
-            "rot": F.cross_entropy(lr, rot),
             "cls": F.cross_entropy(lc, cls),
-            "deg": F.mse_loss(self.deg(e), deg) * 4.0,
-            "rot_acc": (lr.argmax(1) == rot).float().mean(),
+            "deg": (sq * weight).sum() / weight.sum().clamp(min=1.0) * DEG_WEIGHT,
             "cls_acc": (lc.argmax(1) == cls).float().mean(),
         }
 
@@ -196,14 +206,14 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
 # --- held-out evaluation -------------------------------------------------------------------------
 
 
-def held_out_batch(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Crops of the held-out photos (never trained on), degraded and rotated like training."""
+def held_out_batch(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops of the held-out photos (never trained on), degraded like training."""
     rng = np.random.default_rng([seed, 10**9])
     photos = [load_photo(name) for name in HELD_OUT]
-    imgs, rots, targets = [], [], []
+    imgs, targets = [], []
     for _ in range(n):
         img = photos[int(rng.integers(len(photos)))]
-        side = int(rng.integers(32, 257))
+        side = int(rng.integers(SIZE, 257))
         y = rng.integers(0, img.shape[0] - side + 1)
         x = rng.integers(0, img.shape[1] - side + 1)
         crop = np.asarray(
@@ -212,28 +222,24 @@ def held_out_batch(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor,
             )
         )
         crop, target = degrade(crop, rng)
-        k = int(rng.integers(4))
-        imgs.append(np.rot90(crop, k=k))
-        rots.append(k)
+        imgs.append(crop)
         targets.append(target)
-    x = torch.from_numpy(np.stack(imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
-    return x.contiguous(), torch.tensor(rots), torch.from_numpy(np.stack(targets))
+    return to_tensor(imgs), torch.from_numpy(np.stack(targets))
 
 
 @torch.no_grad()
-def evaluate(model: Trainer, seed: int) -> dict[str, Any]:
+def evaluate(model: Trainer, seed: int, n: int = 256) -> dict[str, Any]:
+    """R² of the degradation head on held-out photos: how well the embedding encodes them."""
     model.eval()
-    x, rot, target = held_out_batch(seed)
-    e = model.net.embed(x)
-    pred = model.deg(e)
-    rot_acc = float((model.rot(e).argmax(1) == rot).float().mean())
+    x, target = held_out_batch(seed, n)
+    pred = model.deg(model.net.embed(x))
     r2 = {}
     for i, name in enumerate(DEGRADATIONS):
         t, p = target[:, i], pred[:, i]
         var = float(((t - t.mean()) ** 2).mean())
         r2[name] = round(1.0 - float(((t - p) ** 2).mean()) / var, 3) if var > 0 else None
     model.train()
-    return {"held_out_rotation_acc": round(rot_acc, 3), "held_out_degradation_r2": r2}
+    return {"held_out_degradation_r2": r2}
 
 
 # --- save / resume -------------------------------------------------------------------------------
@@ -245,9 +251,7 @@ def feature_scale(model: Trainer, sources: Sources, seed: int, n: int = 512) -> 
     features of order one)."""
     with torch.no_grad():
         rng = np.random.default_rng([seed, 10**9 + 1])
-        crops = [sources.sample(rng)[0] for _ in range(n)]
-        x = torch.from_numpy(np.stack(crops).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
-        e = model.net.embed(x.contiguous())
+        e = model.net.embed(to_tensor([sources.sample(rng)[0] for _ in range(n)]))
         return float(1.0 / e.std(dim=0).pow(2).mean().sqrt())
 
 
@@ -295,9 +299,9 @@ def train(args: argparse.Namespace) -> None:
     for step in range(start, args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr)
-        x, rot, cls, deg = batch(sources, args.seed, step, args.batch)
-        parts = model.losses(x, rot, cls, deg)
-        loss = parts["rot"] + parts["cls"] + parts["deg"]
+        x, cls, deg, weight = batch(sources, args.seed, step, args.batch)
+        parts = model.losses(x, cls, deg, weight)
+        loss = parts["cls"] + parts["deg"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -313,7 +317,7 @@ def train(args: argparse.Namespace) -> None:
         if done % args.save_every == 0 or done == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, ckpt)
             (work / "history.json").write_text(json.dumps(history))
-    evaluation = evaluate(model, args.seed)
+    evaluation = evaluate(model, args.seed, args.eval_n)
     print(json.dumps(evaluation), flush=True)
     log = {
         "args": vars(args),
@@ -321,23 +325,25 @@ def train(args: argparse.Namespace) -> None:
         "steps": args.steps,
         "surrogate_classes": sources.num_classes,
         "degradations": list(DEGRADATIONS),
+        "degradation_loss_weight": DEG_WEIGHT,
         "final": history[-1] if history else None,
         **evaluation,
         "torch": torch.__version__,
     }
-    save_bundled(model, Path(args.out), log, feature_scale(model, sources, args.seed))
+    save_bundled(model, Path(args.out), log, feature_scale(model, sources, args.seed, args.eval_n))
     print(f"wrote {args.out}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--eval-n", type=int, default=512, help="held-out crops for R² and scaling")
     p.add_argument("--out", default="models/bundled/features-tiny")
     p.add_argument("--work", default="/tmp/augflow-features-work")
     train(p.parse_args())
