@@ -36,8 +36,6 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 #: Gaussian scales (px) of the band the denoise detail ratio measures: DoG(1, 2) holds edges and
 #: texture, and at σ 50 still has a usable signal-to-noise ratio (the finest scale does not).
 _DETAIL_BAND = (1.0, 2.0)
-#: Gaussian scale (px) of the low-pass under which a denoised output must still match its input.
-_LOWPASS_SIGMA = 2.0
 #: A band whose estimated signal energy is below this share of the noise energy in it holds no
 #: measurable structure (−10 dB SNR): the detail ratio is not measurable there and is null.
 _MIN_BAND_SNR = 0.1
@@ -78,7 +76,7 @@ EFFECT_COLUMNS: tuple[EffectColumn, ...] = (
         "lowpass_psnr",
         "float32",
         ("denoise",),
-        "dB; output vs input after a Gaussian low-pass (σ 2 px) that removes most of the noise",
+        "dB; 4×4 block means of output vs input (the averaging divides white noise by 4)",
     ),
     EffectColumn(
         "consistency_psnr",
@@ -142,8 +140,10 @@ class EffectThresholds:
     upscale_min_detail: float = 1.05
     #: img2img: a variant at or above this PSNR to its source is a copy
     img2img_max_source_psnr: float = 40.0
-    #: img2img: source_ssim ≥ this × (1 − strength); at strength 1 anything goes
+    #: img2img: source_ssim ≥ a bound falling linearly with strength, from this at strength 0 ...
     img2img_min_ssim_at_zero: float = 0.4
+    #: ... to this at strength 1 (below 0: unrelated images, SSIM ≈ 0 ± 0.05, pass there)
+    img2img_min_ssim_at_one: float = -0.05
     inpaint_min_unmasked_psnr: float = 20.0
     #: inpaint: unmasked_psnr − masked_psnr ≥ this many dB (the inside changed more than outside)
     inpaint_min_change_db: float = 3.0
@@ -517,8 +517,16 @@ class EffectCheckResult:
 
 
 def _as_float(values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=object)
-    return np.array([np.nan if v is None else float(v) for v in arr.ravel()], dtype=np.float64)
+    """Floats with NaN for nulls, from a list, numpy array, pandas Series or Arrow array."""
+    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):
+        try:  # pyarrow arrays/chunked arrays: nulls become NaN
+            return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+        except TypeError:  # pandas: to_numpy() takes no such argument
+            return np.asarray(values.to_numpy(dtype=np.float64, na_value=np.nan))
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):  # a list with None in it
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
 def effect_checks(
@@ -619,28 +627,30 @@ def effect_checks(
             out.append(
                 EffectCheckResult(
                     "img2img_related_to_source",
-                    f"source_ssim ≥ {floor:.3g} ({t.img2img_min_ssim_at_zero:g} × (1 − strength "
-                    f"{strength:g}))",
+                    f"source_ssim ≥ {floor:.3g} (from {t.img2img_min_ssim_at_zero:g} at strength 0 "
+                    f"to {t.img2img_min_ssim_at_one:g} at 1; strength {strength:g})",
                     ("source_ssim",),
                     ok(ss >= floor),
                 )
             )
         elif operation == "inpaint":
             un, ma = need("unmasked_psnr"), need("masked_psnr")
+            # null: the mask covers everything (nothing to keep) or nothing (nothing to change)
             out.append(
                 EffectCheckResult(
                     "inpaint_unmasked_kept",
-                    f"unmasked_psnr ≥ {t.inpaint_min_unmasked_psnr:g} dB",
+                    f"unmasked_psnr ≥ {t.inpaint_min_unmasked_psnr:g} dB (null: all masked)",
                     ("unmasked_psnr",),
-                    ok(un >= t.inpaint_min_unmasked_psnr),
+                    ok(np.isnan(un) | (un >= t.inpaint_min_unmasked_psnr)),
                 )
             )
             out.append(
                 EffectCheckResult(
                     "inpaint_masked_changed",
-                    f"unmasked_psnr − masked_psnr ≥ {t.inpaint_min_change_db:g} dB",
+                    f"unmasked_psnr − masked_psnr ≥ {t.inpaint_min_change_db:g} dB (null: empty "
+                    "mask or nothing kept)",
                     ("unmasked_psnr", "masked_psnr"),
-                    ok(un - ma >= t.inpaint_min_change_db),
+                    ok(np.isnan(un) | np.isnan(ma) | (un - ma >= t.inpaint_min_change_db)),
                 )
             )
         elif operation != "generate":
@@ -664,9 +674,10 @@ def effect_checks(
 
 
 def img2img_min_ssim(strength: float, thresholds: EffectThresholds | None = None) -> float:
-    """Lowest source_ssim a variant at ``strength`` may have (0 at strength 1)."""
+    """Lowest source_ssim a variant at ``strength`` may have."""
     t = thresholds or EffectThresholds()
-    return t.img2img_min_ssim_at_zero * max(0.0, 1.0 - float(strength))
+    s = min(1.0, max(0.0, float(strength)))
+    return t.img2img_min_ssim_at_zero + (t.img2img_min_ssim_at_one - t.img2img_min_ssim_at_zero) * s
 
 
 def img2img_max_color_shift(strength: float, thresholds: EffectThresholds | None = None) -> float:

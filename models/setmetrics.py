@@ -87,7 +87,7 @@ def near_pairs(
     a: np.ndarray,
     max_distance: int,
     b: np.ndarray | None = None,
-    budget: int = _COMPARISON_BUDGET,
+    budget: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All index pairs (i, j) with Hamming(a[i], b[j]) ≤ ``max_distance`` and their distances.
 
@@ -95,8 +95,9 @@ def near_pairs(
     ones by multi-index hashing: split the 64 bits into ``max_distance + 1`` chunks — two hashes
     that close agree exactly on at least one chunk (pigeonhole) — and compare only hashes that
     share a chunk value. Exact either way (tested against each other). Raises
-    :class:`TooManyCandidates` when the index would need more than ``budget`` comparisons (a set
-    of very similar, distinct hashes); callers then estimate from a sample.
+    :class:`TooManyCandidates` when the index would need more than ``budget`` (default
+    ``_COMPARISON_BUDGET``) comparisons — a large set of very similar, distinct hashes; callers
+    then estimate from a sample.
     """
     a = np.asarray(a, dtype=np.uint64)
     within = b is None
@@ -106,7 +107,7 @@ def near_pairs(
         return empty, empty, empty
     if len(a) * len(b) <= _BRUTE_FORCE_PAIRS:
         return _pairs_brute(a, b, max_distance, within)
-    return _pairs_indexed(a, b, max_distance, within, budget)
+    return _pairs_indexed(a, b, max_distance, within, budget or _COMPARISON_BUDGET)
 
 
 def _pairs_brute(
