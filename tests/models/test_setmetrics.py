@@ -325,3 +325,46 @@ def test_copying_generator_is_caught_by_memorisation_only(tmp_path) -> None:
     report = mem.compute()
     assert report.matched_fraction == 1.0
     assert report.examples[0]["reference"] == "lfw0" and report.examples[0]["distance"] == 0
+
+
+def test_set_checks_apply_the_thresholds() -> None:
+    dup = S.DuplicateReport(
+        rows=200, max_distance=6, duplicate_rows=4, duplicate_fraction=0.02, unique_fraction=0.98
+    )
+    inputs = S.DuplicateReport(
+        rows=200, max_distance=6, duplicate_rows=3, duplicate_fraction=0.015, unique_fraction=0.985
+    )
+    mem = S.MemorisationReport(
+        rows=200, reference_images=50, max_distance=6, matched_rows=1, matched_fraction=0.005
+    )
+    var = S.VariantReport(sources=50, max_pair_psnr=100.0, failing_sources=2, threshold_db=40.0)
+    dist = S.DistributionReport(
+        extractor="bundled:tiny", extractor_digest="sha256:0", num_features=128, outputs=200,
+        reference=50, kid=0.3, kid_std=0.1, kid_subset_size=25, fid=None,
+        output_diversity=10.0, reference_diversity=40.0, diversity_ratio=0.25,
+    )  # fmt: skip
+
+    def verdicts(op: str, **kw) -> dict[str, bool]:
+        return {c.name: c.passed for c in S.set_checks(op, **kw)}
+
+    # generate: 2% duplicates > 1%, 0.5% memorised > 0.1%, a quarter of the diversity < 0.5
+    assert verdicts("generate", duplicates=dup, memorisation=mem, distribution=dist) == {
+        "near_duplicates": False,
+        "memorisation": False,
+        "diversity": False,
+        "distribution_kid": True,  # reported, no default threshold
+    }
+    # denoise: the inputs' own 1.5% duplicates are allowed on top; diversity is not judged
+    assert verdicts("denoise", duplicates=dup, input_duplicates=inputs, distribution=dist) == {
+        "near_duplicates": True,
+        "distribution_kid": True,
+    }
+    # img2img: 2 of 50 sources with copied variants is within the 5%
+    assert verdicts("img2img", variants=var) == {"variants_differ": True}
+    strict = S.SetThresholds(max_kid=0.1, max_variant_copy_fraction=0.0)
+    checks = {
+        c.name: c
+        for c in S.set_checks("img2img", variants=var, distribution=dist, thresholds=strict)
+    }
+    assert not checks["distribution_kid"].passed and checks["distribution_kid"].threshold == 0.1
+    assert not checks["variants_differ"].passed
