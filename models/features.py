@@ -11,7 +11,8 @@ out, with ``num_features`` so torchmetrics' KID/FID accept it as their ``feature
   time, and only safetensors weights are read. Inception-v3 (the network of published FID) is not
   offered: its FID weights exist only as pickles, which augflow never loads.
 - **The bundled network otherwise** (``models/bundled/features-tiny``): a 0.75 M-parameter CNN
-  augflow trains on offline data (``python -m augflow.models.training.features``). Its KID/FID are
+  augflow trains on offline data (``python -m augflow.models.training.features``); 960 features
+  (pooled statistics of every stage plus a 128-d embedding, see :class:`SmallFeatureNet`). Its KID/FID are
   *not comparable with published FID/KID numbers* (different network, input 64×64); they are
   comparable with each other — the same extractor on two sets — which is what the quality gate
   needs. Every report records the extractor's ``name`` and weight ``digest``.
@@ -66,10 +67,15 @@ class _Block(nn.Module):
 
 class SmallFeatureNet(nn.Module):
     """A small CNN: stride-2 stem, a residual block and a stride-2 conv per stage, then the mean
-    and standard deviation of the last feature map, projected to ``dim``.
+    and standard deviation of the last feature map, projected to ``dim`` (the embedding the
+    training heads read).
 
-    The standard deviation pooling is there on purpose: noise, blur and texture show up in how
-    much a feature varies over the image more than in its mean.
+    The *features* (:meth:`features`) are wider than the embedding: the mean and standard
+    deviation over the image of every stage's activations (stem and the three down-sampled
+    stages) and the embedding, each dimension standardised by its mean and spread over the
+    training crops, each of the five groups weighted to count alike. Early layers are where noise,
+    blur and texture show (measured: with the embedding alone KID could not tell the bundled
+    generator's faces from real ones; with the pooled statistics it can — docs/quality-gate.md).
     """
 
     def __init__(
@@ -94,15 +100,40 @@ class SmallFeatureNet(nn.Module):
             ]
         self.stages = nn.Sequential(*stages)
         self.proj = nn.Linear(2 * self.widths[-1], self.dim)
+        self.group_dims = [2 * w for w in self.widths] + [self.dim]
+        total = sum(self.group_dims)
+        # Standardisation of the features over the training crops, set when the network is saved.
+        self.register_buffer("feature_mean", torch.zeros(total))
+        self.register_buffer("feature_std", torch.ones(total))
+        weights = [torch.full((d,), (self.dim / d) ** 0.5) for d in self.group_dims]
+        self.register_buffer("group_weight", torch.cat(weights), persistent=False)
+
+    @property
+    def num_features(self) -> int:
+        return sum(self.group_dims)
 
     def config(self) -> dict[str, Any]:
         return {"widths": list(self.widths), "dim": self.dim, "input_size": self.input_size}
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, S, S) in [-1, 1] → raw (mean, std)-pooled stage statistics and the
+        embedding, concatenated: (B, num_features)."""
+        h = self.stem(x)
+        parts = [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
+        for layer in self.stages:
+            h = layer(h)
+            if isinstance(layer, nn.SiLU):
+                parts += [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
+        parts.append(self.proj(torch.cat(parts[-2:], dim=1)))
+        return torch.cat(parts, dim=1)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """float (B, 3, S, S) in [-1, 1] → (B, dim)."""
-        h = self.stages(self.stem(x))
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.std(dim=(2, 3))], dim=1)
-        return self.proj(pooled)
+        """float (B, 3, S, S) in [-1, 1] → (B, dim): what the training heads read."""
+        return self.pooled(x)[:, -self.dim :]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The standardised, group-weighted features: (B, num_features)."""
+        return (self.pooled(x) - self.feature_mean) / self.feature_std * self.group_weight
 
 
 # --- the interface torchmetrics and the set metrics use ----------------------------------------
@@ -148,14 +179,14 @@ class BundledFeatures(FeatureExtractor):
         self.net = net.eval()
         self.name = name
         self.digest = digest
-        self.num_features = net.dim
+        self.num_features = net.num_features
         self.input_size = net.input_size
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2.0 - 1.0
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.embed(x)
+        return self.net.features(x)
 
 
 class ClipFeatures(FeatureExtractor):
@@ -307,8 +338,14 @@ def prepare_images(images: Iterable[Image.Image | np.ndarray], size: int) -> tor
     uint8 ``(B, 3, size, size)``, ready for any :class:`FeatureExtractor`."""
     out = []
     for img in images:
-        pil = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
-        pil = ImageOps.fit(pil.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        if isinstance(img, Image.Image):
+            pil = img.convert("RGB")
+        else:
+            arr = np.asarray(img)
+            if arr.ndim == 3 and arr.shape[2] == 1:  # one-channel model outputs
+                arr = arr[:, :, 0]
+            pil = Image.fromarray(arr).convert("RGB")
+        pil = ImageOps.fit(pil, (size, size), Image.Resampling.BICUBIC)
         out.append(np.asarray(pil))
     if not out:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)

@@ -2,7 +2,9 @@
 
     python -m augflow.models.quality_calibration --out docs/quality-calibration.json > table.md
 
-Good: the bundled models on photos they were not trained on (plus classical baselines). Broken:
+Good: the bundled models, run through ``AugmentModel`` as ``augflow run`` runs them, on the
+held-out evaluation crops (``training.data.held_out_crops``: photos of sources no bundled model
+was trained on), plus classical baselines. Broken:
 what the gate must refuse — a denoiser that returns its input, blurs to mush or casts a colour;
 an upscaler that only enlarges (bicubic) or blurs; img2img variants that copy their source or
 belong to another one; an inpainter that changes nothing or everything; a generator that repeats
@@ -33,35 +35,23 @@ from scipy import ndimage as ndi
 
 from augflow.models import effects as E
 from augflow.models import setmetrics as S
-from augflow.models.evaluate import BUNDLED, add_noise, nlm, run_sr3, wavelet
+from augflow.models.evaluate import BUNDLED, ProductModel, add_noise, nlm, wavelet
 from augflow.models.features import load_feature_extractor
-from augflow.models.training.data import HELD_OUT, faces_32, load_photo
+from augflow.models.training.data import faces_32, held_out_crops, load_photo
 
 CROP = 256
-CROPS = {  # (photo, top, left): held-out photos and scikit-learn's two photos (in no training set)
-    "astronaut": ("astronaut", 30, 140),
-    "coffee": ("coffee", 72, 172),
-    "camera": ("camera", 100, 128),
-    "china": ("china", 100, 200),
-    "flower": ("flower", 100, 150),
-}
 SIGMAS = (15, 25, 50)
-
-
-def photo(name: str) -> np.ndarray:
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_images
-
-        return load_sample_images().images[0 if name == "china" else 1]
-    assert name in HELD_OUT
-    return load_photo(name)
+#: Photos the bundled feature network never saw (its training photos are FEATURE_TRAIN in
+#: models/training/features.py); the KID numbers are measured on tiles of these.
+FEATURE_UNSEEN = ("astronaut", "coffee", "camera", "china", "flower", "aero")
 
 
 def crops() -> dict[str, np.ndarray]:
-    out = {}
-    for key, (name, top, left) in CROPS.items():
-        out[key] = np.ascontiguousarray(photo(name)[top : top + CROP, left : left + CROP])
-    return out
+    return {k: np.ascontiguousarray(v) for k, v in held_out_crops(CROP).items()}
+
+
+def to_rgb(img: np.ndarray) -> np.ndarray:
+    return np.repeat(img, 3, axis=2) if img.ndim == 3 and img.shape[2] == 1 else img
 
 
 def gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -92,14 +82,6 @@ def summarise(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, l
     return out
 
 
-def _sr3(name: str):
-    from augflow.models.sr3 import SR3Pipeline
-
-    pipe = SR3Pipeline.from_pretrained(BUNDLED / name, use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 # --- row-level calibration -----------------------------------------------------------------------
 
 
@@ -123,52 +105,69 @@ def calibrate_noise_estimator(images: dict[str, np.ndarray]) -> dict[str, Any]:
             ratios["finest"].append(finest / true)
             ratios["two-octave"].append(two / true)
         res[f"blur {blur}"] = {k: [round(min(v), 2), round(max(v), 2)] for k, v in ratios.items()}
-    clean = {k: round(E.noise_sigma(v), 2) for k, v in images.items()}
+    clean = {
+        k: [round(E.white_noise_sigma(v), 2), round(E.noise_sigma(v), 2)] for k, v in images.items()
+    }
     return {"estimate_over_true": res, "clean_crops_read": clean}
 
 
 def calibrate_denoise(images: dict[str, np.ndarray]) -> dict[str, Any]:
-    pipe = _sr3("sr3-denoise")
-    names = ("noise_in", "noise_out", "denoise_detail", "lowpass_psnr", "color_shift")
+    names = (
+        "noise_in",
+        "noise_removed",
+        "noise_out",
+        "denoise_detail",
+        "lowpass_psnr",
+        "color_shift",
+    )
     out: dict[str, Any] = {}
     for sigma in SIGMAS:
+        noisy = [
+            add_noise(img, sigma, seed=1000 * sigma + i) for i, img in enumerate(images.values())
+        ]
+        given = ProductModel(
+            BUNDLED / "sr3-denoise", {"kind": "denoise", "noise_level": float(sigma)}
+        )
+        estimated = ProductModel(BUNDLED / "sr3-denoise", {"kind": "denoise"})
+        runs = {"bundled SR3, σ given": given(noisy), "bundled SR3, σ estimated": estimated(noisy)}
         cases: dict[str, list[dict]] = {}
-        for i, img in enumerate(images.values()):
-            noisy = add_noise(img, sigma, seed=1000 * sigma + i)
-            sr3 = run_sr3(pipe, noisy, seed=i)
+        for i, n in enumerate(noisy):
+            sr3 = runs["bundled SR3, σ given"][i]
             outputs = {
-                "SR3 bundled (4 steps)": sr3,
-                "NL-means": nlm(noisy),
-                "wavelet BayesShrink": wavelet(noisy),
-                "Gaussian σ 0.7 (weak)": gaussian(noisy, 0.7),
-                "Gaussian σ 1.5": gaussian(noisy, 1.5),
-                "broken: no-op": noisy,
-                "broken: Gaussian σ 3": gaussian(noisy, 3.0),
-                "broken: mush (8× down/up)": mush(noisy),
+                "bundled SR3, σ given": sr3,
+                "bundled SR3, σ estimated": runs["bundled SR3, σ estimated"][i],
+                "NL-means": nlm(n),
+                "wavelet BayesShrink": wavelet(n),
+                "Gaussian σ 0.7 (weak)": gaussian(n, 0.7),
+                "Gaussian σ 1.5": gaussian(n, 1.5),
+                "broken: no-op": n,
+                "broken: Gaussian σ 3": gaussian(n, 3.0),
+                "broken: mush (8× down/up)": mush(n),
                 "broken: SR3 + cast (+32, 0, −32)": cast(sr3),
             }
             for k, o in outputs.items():
-                cases.setdefault(k, []).append(E.effect_metrics("denoise", o, noisy))
+                cases.setdefault(k, []).append(E.effect_metrics("denoise", o, n))
         out[str(sigma)] = {k: summarise(v, names) for k, v in cases.items()}
         out[str(sigma)]["_failing"] = {
-            k: failing("denoise", v, noise_level=sigma) for k, v in cases.items()
+            k: failing("denoise", v, noise_level=None if "estimated" in k else sigma)
+            for k, v in cases.items()
         }
     return out
 
 
 def calibrate_upscale(images: dict[str, np.ndarray]) -> dict[str, Any]:
-    pipe = _sr3("sr3-upscale")
     names = ("consistency_psnr", "upscale_detail", "color_shift")
     out: dict[str, Any] = {}
     for factor in (2, 4):
+        lows = [
+            resize(hr, (CROP // factor,) * 2, Image.Resampling.BICUBIC) for hr in images.values()
+        ]
+        ours = ProductModel(BUNDLED / "sr3-upscale", {"kind": "upscale", "factor": factor})(lows)
         cases: dict[str, list[dict]] = {}
-        for i, hr in enumerate(images.values()):
-            lr = resize(hr, (CROP // factor, CROP // factor), Image.Resampling.BICUBIC)
+        for lr, sr3 in zip(lows, ours, strict=True):
             big = resize(lr, (CROP, CROP), Image.Resampling.BICUBIC)
-            sr3 = run_sr3(pipe, big, seed=i, steps=1)
             outputs = {
-                "SR3 bundled (1 step)": sr3,
-                "SR3 bundled (4 steps)": run_sr3(pipe, big, seed=i, steps=4),
+                "bundled SR3": sr3,
                 "Lanczos": resize(lr, (CROP, CROP), Image.Resampling.LANCZOS),
                 "broken: bicubic only": big,
                 "broken: bilinear": resize(lr, (CROP, CROP), Image.Resampling.BILINEAR),
@@ -183,14 +182,8 @@ def calibrate_upscale(images: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _img2img_sources() -> list[np.ndarray]:
-    srcs = [
-        load_photo("astronaut")[40:136, 150:246],
-        load_photo("astronaut")[330:426, 330:426],
-        load_photo("coffee")[100:196, 200:296],
-        load_photo("camera")[70:166, 200:296],
-        photo("china")[100:196, 200:296],
-        photo("flower")[100:196, 150:246],
-    ]
+    """Six 96² photo crops (held-out photos, where the subject is) and eight LFW faces."""
+    srcs = [v[80:176, 80:176] for v in held_out_crops(CROP).values()][:6]
     srcs += [np.repeat(f[:, :, None], 3, axis=2) for f in faces_32()[::12][:8]]
     return srcs
 
@@ -289,9 +282,10 @@ def failing(operation: str, rows: list[dict], **params: Any) -> list[str]:
 
 
 def photo_tiles(size: int = 64) -> list[np.ndarray]:
+    """Non-overlapping tiles of the photos the feature network never saw."""
     tiles = []
-    for name in ("astronaut", "coffee", "camera", "china", "flower"):
-        img = photo(name)
+    for name in FEATURE_UNSEEN:
+        img = load_photo(name)
         for y in range(0, img.shape[0] - size + 1, size):
             for x in range(0, img.shape[1] - size + 1, size):
                 tiles.append(np.ascontiguousarray(img[y : y + size, x : x + size]))
@@ -306,7 +300,7 @@ def generated_faces(n: int, steps: int) -> list[np.ndarray]:
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
     with torch.inference_mode():
         imgs = pipe(batch_size=n, generator=gens, num_inference_steps=steps, output_type="np")
-    return list((imgs.images * 255).round().astype(np.uint8))
+    return [to_rgb(x) for x in (imgs.images * 255).round().astype(np.uint8)]
 
 
 def calibrate_sets(n_generated: int, steps: int) -> dict[str, Any]:
@@ -377,7 +371,7 @@ def calibrate_sets(n_generated: int, steps: int) -> dict[str, Any]:
 
 def time_metrics(repeats: int = 30) -> dict[str, Any]:
     torch.set_num_threads(1)
-    img = crops()["astronaut"]
+    img = crops()["china"]
     noisy = add_noise(img, 25, seed=1)
     low = resize(img, (128, 128), Image.Resampling.BICUBIC)
     mask = np.zeros((CROP, CROP), np.uint8)
@@ -408,12 +402,15 @@ def time_metrics(repeats: int = 30) -> dict[str, Any]:
         ext(batch)
         feat.append((time.process_time() - t) * 1000 / 64)
     samples["bundled features (set level, per image, batch 64)"] = feat
-    pipe, step = _sr3("sr3-denoise"), []
+    model, step = (
+        ProductModel(BUNDLED / "sr3-denoise", {"kind": "denoise", "noise_level": 25.0}),
+        [],
+    )
     for _ in range(3):
         t = time.process_time()
-        run_sr3(pipe, noisy, seed=0, steps=1)
+        model([noisy])
         step.append((time.process_time() - t) * 1000)
-    samples["for scale: bundled SR3 denoiser, one sampling step of the 256² image"] = step
+    samples["for scale: the bundled SR3 denoiser on the same image (its default 1 step)"] = step
     return {
         k: {
             "median_ms": round(float(np.median(v)), 2),
@@ -457,7 +454,11 @@ def markdown(res: dict[str, Any]) -> str:
         for k, v in res["noise"]["estimate_over_true"].items():
             cells = [f"{v[n][0]} – {v[n][1]}" for n in ("scikit-image", "finest", "two-octave")]
             lines.append(f"| white, {k} | " + " | ".join(cells) + " |")
-        lines += ["", f"Clean crops read (two-octave): {res['noise']['clean_crops_read']}", ""]
+        lines += [
+            "",
+            f"Clean crops read (finest / two-octave): {res['noise']['clean_crops_read']}",
+            "",
+        ]
     for sigma, block in res.get("denoise", {}).items():
         table(
             f"Denoise, σ {sigma}",

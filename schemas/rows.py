@@ -29,6 +29,27 @@ METRIC_FIELDS: list[pa.Field] = [
     pa.field("faithfulness_psnr", pa.float32()),
 ]
 
+#: Row-level effect metrics (issue 11): did the operation do what was asked. Null where the column
+#: does not apply to the row's operation or cannot be measured; models/effects.py computes them and
+#: documents each (``EFFECT_COLUMNS``), the gate applies thresholds from the request's ``quality``.
+EFFECT_FIELDS: list[pa.Field] = [
+    pa.field(name, pa.float32())
+    for name in (
+        "noise_in",
+        "noise_removed",
+        "noise_out",
+        "denoise_detail",
+        "lowpass_psnr",
+        "consistency_psnr",
+        "upscale_detail",
+        "source_psnr",
+        "source_ssim",
+        "unmasked_psnr",
+        "masked_psnr",
+        "color_shift",
+    )
+]
+
 LINEAGE_FIELDS: list[pa.Field] = [
     pa.field("row_id", pa.string()),
     pa.field("dataset", pa.string()),
@@ -79,12 +100,15 @@ ROW_FIELDS = [
     pa.field("image", IMAGE_TYPE),
     *LINEAGE_FIELDS,
     *METRIC_FIELDS,
+    *EFFECT_FIELDS,
     pa.field("status", pa.string()),
 ]
 ROW_SCHEMA = _with_hf_metadata(ROW_FIELDS)
 
 #: Columns the quality checks read; the image bytes are never loaded for validation.
 METRIC_COLUMNS = ["row_id", "source_id", "variant", *[f.name for f in METRIC_FIELDS]]
+#: The effect metric columns, read by the gate shard by shard.
+EFFECT_COLUMN_NAMES = [f.name for f in EFFECT_FIELDS]
 
 QUARANTINE_SCHEMA = pa.schema(
     [

@@ -176,8 +176,14 @@ def make_color_cast_sr3(
 
     path = Path(path)
     pipe = SR3Pipeline.from_pretrained(base or BUNDLED / "sr3-denoise", use_safetensors=True)
+    # With space_to_depth s the UNet's 3·s² output channels are pixel-shuffled into RGB: channel
+    # c·s² + k lands in colour c.
+    s2 = int(pipe.config.get("space_to_depth", 1)) ** 2
+    offset = torch.tensor(
+        [v for v in shift for _ in range(s2)], dtype=pipe.unet.conv_out.bias.dtype
+    )
     with torch.no_grad():
-        pipe.unet.conv_out.bias += torch.tensor(list(shift), dtype=pipe.unet.conv_out.bias.dtype)
+        pipe.unet.conv_out.bias += offset
     pipe.save_pretrained(path, safe_serialization=True)
     return path
 

@@ -23,10 +23,13 @@ A first version also predicted 0/90/180/270° rotations (Gidaris et al., 2018) a
 source be degraded: on held-out photos it scored 16% rotation accuracy (chance: 25%) and R² 0.10
 for blur, and KID could not tell photos from their σ 1.5 px blurred copies; both were dropped.
 
-Data: offline only, and never the photos or faces the evaluation uses (scikit-image's TRAIN photos
-at two scales, scikit-learn's digits, the 100 non-face LFW background patches). The held-out
-photos and LFW faces stay unseen, so the KID sanity numbers in docs/quality-gate.md are measured
-on data the features were not trained on.
+Data: offline only, and never the photos or faces the quality numbers are measured on: 15 of
+scikit-image's photos (``FEATURE_TRAIN``) at two scales, scikit-learn's digits and the 100 non-face
+LFW background patches. ``FEATURE_HELD_OUT`` (astronaut, coffee, camera), scikit-learn's and
+PyWavelets' photos and the LFW faces stay unseen, so the KID sanity numbers in
+docs/quality-gate.md are measured on images the features were not trained on. (These lists are
+this network's own; the bundled diffusion models split photos differently, see
+``training/data.py``.)
 
 Reproducible: the weights are seeded, the data of step ``s`` comes from ``default_rng([seed, s])``
 (so a resumed run draws what an uninterrupted one would) and torch uses one thread. Checkpoints
@@ -52,9 +55,17 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from augflow.models.features import CONFIG_KEY, WEIGHTS_FILE, SmallFeatureNet
-from augflow.models.training.data import HELD_OUT, TRAIN, load_photo
+from augflow.models.training.data import load_photo
 
 SIZE = 64
+#: The photos the shipped feature network was trained on (surrogate classes 0..14, in this order).
+FEATURE_TRAIN: tuple[str, ...] = (
+    "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+    "stereo_motorcycle", "coins", "clock", "brick", "grass", "gravel", "moon", "page", "text",
+    "cell",
+)  # fmt: skip
+#: Photos the held-out R² is measured on (never trained on).
+FEATURE_HELD_OUT: tuple[str, ...] = ("astronaut", "coffee", "camera")
 #: Degradation parameters the network regresses, each scaled to about [0, 1] ([-1, 1] colour).
 DEGRADATIONS = ("blur", "noise", "jpeg", "shift_r", "shift_g", "shift_b")
 BLUR_MAX, NOISE_MAX, SHIFT_MAX = 3.0, 50.0, 0.25
@@ -75,7 +86,7 @@ class Sources:
         from sklearn.datasets import load_digits
 
         self.photos: list[tuple[np.ndarray, int]] = []
-        for cls, name in enumerate(TRAIN):
+        for cls, name in enumerate(FEATURE_TRAIN):
             img = load_photo(name)
             self.photos.append((img, cls))
             h, w = img.shape[:2]
@@ -87,7 +98,7 @@ class Sources:
         digits = load_digits()
         self.digits = (digits.images * 16).clip(0, 255).astype(np.uint8)
         self.digit_labels = digits.target.astype(int)
-        self.digit_class0 = len(TRAIN)
+        self.digit_class0 = len(FEATURE_TRAIN)
         backgrounds = skdata.lfw_subset()[100:]  # the first 100 are faces: never used here
         self.backgrounds = (backgrounds * 255).round().astype(np.uint8)
         self.background_class = self.digit_class0 + 10
@@ -209,7 +220,7 @@ def lr_at(step: int, total: int, base: float, warmup: int = 50) -> float:
 def held_out_batch(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Crops of the held-out photos (never trained on), degraded like training."""
     rng = np.random.default_rng([seed, 10**9])
-    photos = [load_photo(name) for name in HELD_OUT]
+    photos = [load_photo(name) for name in FEATURE_HELD_OUT]
     imgs, targets = [], []
     for _ in range(n):
         img = photos[int(rng.integers(len(photos)))]
@@ -245,26 +256,37 @@ def evaluate(model: Trainer, seed: int, n: int = 256) -> dict[str, Any]:
 # --- save / resume -------------------------------------------------------------------------------
 
 
-def feature_scale(model: Trainer, sources: Sources, seed: int, n: int = 512) -> float:
-    """1 / RMS of the embedding over clean training crops: folded into the projection so the
-    shipped features have unit mean variance per dimension (KID's polynomial kernel assumes
-    features of order one)."""
-    with torch.no_grad():
-        rng = np.random.default_rng([seed, 10**9 + 1])
-        e = model.net.embed(to_tensor([sources.sample(rng)[0] for _ in range(n)]))
-        return float(1.0 / e.std(dim=0).pow(2).mean().sqrt())
+@torch.no_grad()
+def feature_stats(
+    net: SmallFeatureNet, sources: Sources, seed: int, n: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of each raw feature over ``n`` clean training crops: the
+    standardisation the shipped features apply (KID's polynomial kernel assumes centred
+    features of order one, and it puts every feature on the same footing)."""
+    rng = np.random.default_rng([seed, 10**9 + 1])
+    raw = net.pooled(to_tensor([sources.sample(rng)[0] for _ in range(n)]))
+    return raw.mean(dim=0), raw.std(dim=0) + 1e-6
 
 
-def save_bundled(model: Trainer, out: Path, log: dict[str, Any], scale: float) -> None:
+def save_bundled(
+    net: SmallFeatureNet, out: Path, log: dict[str, Any], sources: Sources, seed: int, n: int
+) -> None:
+    """Write the network as shipped: float16 weights, and the feature standardisation computed
+    *from those float16 weights* (float32), so loading the folder reproduces it exactly."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
-    state["proj.weight"] = state["proj.weight"] * scale
-    state["proj.bias"] = state["proj.bias"] * scale
-    save_file({k: v.half().contiguous() for k, v in state.items()}, str(out / WEIGHTS_FILE))
+    stats = ("feature_mean", "feature_std")
+    shipped = SmallFeatureNet(**net.config())
+    weights = {k: v.detach().half() for k, v in net.state_dict().items() if k not in stats}
+    shipped.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+    mean, std = feature_stats(shipped.eval(), sources, seed, n)
+    tensors = {k: v.contiguous() for k, v in weights.items()}
+    tensors.update(feature_mean=mean.float().contiguous(), feature_std=std.float().contiguous())
+    save_file(tensors, str(out / WEIGHTS_FILE))
     config = {
-        CONFIG_KEY: model.net.config(),
+        CONFIG_KEY: net.config(),
+        "num_features": shipped.num_features,
         "note": "augflow's own feature network; KID/FID with it are not comparable with "
         "published (Inception) numbers",
     }
@@ -330,7 +352,7 @@ def train(args: argparse.Namespace) -> None:
         **evaluation,
         "torch": torch.__version__,
     }
-    save_bundled(model, Path(args.out), log, feature_scale(model, sources, args.seed, args.eval_n))
+    save_bundled(model.net, Path(args.out), log, sources, args.seed, args.eval_n)
     print(f"wrote {args.out}", flush=True)
 
 

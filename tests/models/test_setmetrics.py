@@ -15,8 +15,9 @@ from scipy import ndimage as ndi
 
 from augflow.models import setmetrics as S
 from augflow.models.evaluate import BUNDLED
-from augflow.models.features import load_feature_extractor
-from augflow.models.training.data import HELD_OUT, faces_32, load_photo
+from augflow.models.features import FeatureExtractor, load_feature_extractor
+from augflow.models.quality_calibration import FEATURE_UNSEEN, to_rgb
+from augflow.models.training.data import faces_32, load_photo
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,12 +35,10 @@ def _rgb(grey: np.ndarray) -> np.ndarray:
 
 
 def _photo_tiles(size: int = 64) -> list[np.ndarray]:
-    """Non-overlapping tiles of photos no model or feature network was trained on."""
-    from sklearn.datasets import load_sample_images
-
-    photos = [load_photo(n) for n in HELD_OUT] + list(load_sample_images().images)
+    """Non-overlapping tiles of photos the feature network never saw."""
     tiles = []
-    for img in photos:
+    for name in FEATURE_UNSEEN:
+        img = load_photo(name)
         for y in range(0, img.shape[0] - size + 1, size):
             for x in range(0, img.shape[1] - size + 1, size):
                 tiles.append(np.ascontiguousarray(img[y : y + size, x : x + size]))
@@ -218,7 +217,7 @@ def generated_faces() -> list[np.ndarray]:
     gens = [torch.Generator().manual_seed(i) for i in range(100)]
     with torch.inference_mode():
         imgs = pipe(batch_size=100, generator=gens, num_inference_steps=20, output_type="np").images
-    return list((imgs * 255).round().astype(np.uint8))
+    return [to_rgb(x) for x in (imgs * 255).round().astype(np.uint8)]
 
 
 def test_kid_separates_real_faces_from_the_bundled_generator(extractor, generated_faces) -> None:
@@ -245,11 +244,17 @@ def test_streaming_in_shards_equals_one_pass(extractor) -> None:
     assert two.fid is None and "FID needs" in two.note
 
 
-def test_fid_and_reservoir_with_many_images(extractor) -> None:
+class _FixedWidth(FeatureExtractor):
+    """Only what FeatureStats reads of an extractor; features are handed in directly."""
+
+    name, digest, num_features, input_size = "fixed-width", "-", 128, 8
+
+
+def test_fid_and_reservoir_with_many_images() -> None:
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.normal(0, 1, (1500, 128)).astype(np.float32))
     fake = torch.from_numpy(rng.normal(0.5, 1, (1500, 128)).astype(np.float32))
-    stats = S.FeatureStats(extractor, reservoir=300, kid_subsets=10, kid_subset_size=200)
+    stats = S.FeatureStats(_FixedWidth(), reservoir=300, kid_subsets=10, kid_subset_size=200)
     for k in range(0, 1500, 100):
         stats.update_features(real[k : k + 100], real=True)
         stats.update_features(fake[k : k + 100], real=False)
