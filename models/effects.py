@@ -134,7 +134,7 @@ EFFECT_COLUMNS: tuple[EffectColumn, ...] = (
     ),
 )
 EFFECT_NAMES: tuple[str, ...] = tuple(c.name for c in EFFECT_COLUMNS)
-if EFFECT_NAMES != tuple(f.name for f in EFFECT_FIELDS):  # the row schema is the stored format
+if tuple(f.name for f in EFFECT_FIELDS) != EFFECT_NAMES:  # the row schema is the stored format
     raise RuntimeError(f"EFFECT_COLUMNS {EFFECT_NAMES} drifted from schemas.rows.EFFECT_FIELDS")
 
 

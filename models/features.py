@@ -7,7 +7,7 @@ out, with ``num_features`` so torchmetrics' KID/FID accept it as their ``feature
   Hugging Face ``transformers`` layout (``config.json`` + ``model.safetensors``), e.g. a copy of
   ``openai/clip-vit-base-patch32`` made with ``huggingface-cli download openai/clip-vit-base-patch32
   --local-dir /models/clip-b32`` on a machine with internet access. Point augflow at the folder
-  with ``AUGFLOW_FEATURES=/models/clip-b32`` (or pass the path). Nothing is ever downloaded at run
+  with the request's ``quality.features: /models/clip-b32`` (or ``augflow evaluate --features``). Nothing is ever downloaded at run
   time, and only safetensors weights are read. Inception-v3 (the network of published FID) is not
   offered: its FID weights exist only as pickles, which augflow never loads.
 - **The bundled network otherwise** (``models/bundled/features-tiny``): a 0.75 M-parameter CNN
@@ -27,7 +27,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,6 @@ from augflow.schemas.errors import ModelLoadError
 
 #: Environment variable naming the extractor when none is passed: ``bundled``,
 #: ``bundled:<name>`` or a local folder.
-FEATURES_ENV = "AUGFLOW_FEATURES"
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_BUNDLED = "tiny"
 #: Marks a folder as an augflow feature network (config.json key) rather than a CLIP model.
@@ -133,7 +132,10 @@ class SmallFeatureNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The standardised, group-weighted features: (B, num_features)."""
-        return (self.pooled(x) - self.feature_mean) / self.feature_std * self.group_weight
+        # buffers: nn.Module's attribute type says Tensor | Module
+        mean, std = cast(torch.Tensor, self.feature_mean), cast(torch.Tensor, self.feature_std)
+        weight = cast(torch.Tensor, self.group_weight)
+        return (self.pooled(x) - mean) / std * weight
 
 
 # --- the interface torchmetrics and the set metrics use ----------------------------------------
@@ -203,7 +205,8 @@ class ClipFeatures(FeatureExtractor):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)  # buffers
+        return (x - mean) / std
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
@@ -235,13 +238,13 @@ def bundled_folder(name: str = DEFAULT_BUNDLED) -> Path:
 def load_feature_extractor(
     spec: str | os.PathLike | None = None, device: str = "cpu"
 ) -> FeatureExtractor:
-    """The extractor named by ``spec``, else by ``$AUGFLOW_FEATURES``, else the bundled one.
+    """The extractor named by ``spec`` (a request's ``quality.features``), else the bundled one.
 
     ``spec``: ``"bundled"`` / ``"bundled:<name>"`` (``models/bundled/features-<name>``), or a
     local folder holding either an augflow feature network (config.json with
     ``augflow_features``) or a CLIP model in the transformers layout. Never downloads.
     """
-    raw = spec if spec is not None else os.environ.get(FEATURES_ENV) or "bundled"
+    raw = spec if spec is not None else "bundled"
     text = str(raw)
     if text == "bundled" or text.startswith("bundled:"):
         name = text.partition(":")[2] or DEFAULT_BUNDLED
@@ -251,8 +254,8 @@ def load_feature_extractor(
             raise ModelLoadError(
                 f"feature extractor {text!r}: there is no bundled feature network {name!r} "
                 f"(bundled: {', '.join(have) or 'none'}); train one with "
-                "`python -m augflow.models.training.features` or point "
-                f"{FEATURES_ENV} at a local CLIP folder"
+                "`python -m augflow.models.training.features` or set quality.features to a "
+                "local CLIP folder"
             )
         return _load_bundled(folder, f"bundled:{name}").to(device)
     folder = Path(text).expanduser()
@@ -261,7 +264,7 @@ def load_feature_extractor(
             f"feature extractor {text!r} is not a local folder; features are never downloaded "
             f"at run time. Download the model once where there is internet access (e.g. "
             f"`huggingface-cli download openai/clip-vit-base-patch32 --local-dir DIR`) and set "
-            f"{FEATURES_ENV}=DIR, or use 'bundled'"
+            f"set quality.features to DIR, or use 'bundled'"
         )
     config = _read_json(folder / "config.json", text)
     if CONFIG_KEY in config:

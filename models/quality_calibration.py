@@ -106,7 +106,8 @@ def calibrate_noise_estimator(images: dict[str, np.ndarray]) -> dict[str, Any]:
             ratios["two-octave"].append(two / true)
         res[f"blur {blur}"] = {k: [round(min(v), 2), round(max(v), 2)] for k, v in ratios.items()}
     clean = {
-        k: [round(E.white_noise_sigma(v), 2), round(E.noise_sigma(v), 2)] for k, v in images.items()
+        k: [_round(E.white_noise_sigma(v), 2), _round(E.noise_sigma(v), 2)]
+        for k, v in images.items()
     }
     return {"estimate_over_true": res, "clean_crops_read": clean}
 
@@ -210,9 +211,10 @@ def calibrate_img2img(steps: int = 50) -> dict[str, Any]:
         srcs = tuple(SourceItem(source_id=str(i), uri=f"mem://{i}") for i in range(len(sources)))
         items = list(iter_work_items(request, ShardSpec(shard_id="s", index=0, sources=srcs)))
         results = AugmentModel(request, "cpu")(items, [sources[int(it.source_id)] for it in items])
-        rows, unrelated, variants = [], [], {}
+        rows, unrelated = [], []
+        variants: dict[int, list[np.ndarray]] = {}
         for it, res in zip(items, results, strict=True):
-            img = np.asarray(Image.open(io.BytesIO(res.png)).convert("RGB"))
+            img = np.asarray(Image.open(io.BytesIO(res.png or b"")).convert("RGB"))
             k = int(it.source_id)
             rows.append(E.effect_metrics("img2img", img, fitted[k]))
             unrelated.append(E.effect_metrics("img2img", img, fitted[(k + 1) % len(fitted)]))
@@ -269,7 +271,11 @@ def calibrate_inpaint(images: dict[str, np.ndarray]) -> dict[str, Any]:
     return out
 
 
-def failing(operation: str, rows: list[dict], **params: Any) -> list[str]:
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def failing(operation: E.EffectOperation, rows: list[dict], **params: Any) -> list[str]:
     columns = {n: [r[n] for r in rows] for n in E.EFFECT_NAMES}
     return sorted(
         f"{c.name} ({int((~c.passed).sum())}/{len(rows)})"
@@ -340,9 +346,9 @@ def calibrate_sets(n_generated: int, steps: int) -> dict[str, Any]:
         st.update(fake, real=False)
         r = st.compute()
         return {
-            "kid": round(r.kid, 5),
-            "kid_std": round(r.kid_std, 5),
-            "diversity_ratio": round(r.diversity_ratio, 3),
+            "kid": _round(r.kid, 5),
+            "kid_std": _round(r.kid_std, 5),
+            "diversity_ratio": _round(r.diversity_ratio, 3),
             "n": [r.reference, r.outputs],
         }
 

@@ -31,6 +31,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from augflow.models.effects import (
+    EFFECT_NAMES,
+    EFFECT_OPERATIONS,
+    effect_metrics,
+)
 from augflow.models.families.base import Family, ModelContext, UriReader
 from augflow.models.families.sr3 import SR3Family
 from augflow.models.families.text import TextLatentFamily
@@ -240,5 +245,21 @@ class AugmentModel:
                 min_pixel_std=self.request.quality.min_pixel_std,
                 reference=ref,
             )
+            metrics.update(self._effects(img, ref))
             outs.append(ImageOutput(png, metrics))
         return outs
+
+    def _effects(self, output: Image.Image, reference: Image.Image | None) -> dict[str, Any]:
+        """The row's effect metrics (models/effects.py), from the image just encoded (PNG is
+        lossless) and the reference the family returned. Null where they do not apply: generate,
+        operations added by plugins, and inpaint (its mask is the family's, not at hand here).
+        A metric that cannot be computed is null too, which the gate's checks count as failing,
+        rather than turning a good output into a quarantined one."""
+        kind = self.op.kind
+        if kind not in EFFECT_OPERATIONS or kind in ("generate", "inpaint") or reference is None:
+            return dict.fromkeys(EFFECT_NAMES)
+        try:
+            return effect_metrics(kind, output, reference)
+        except Exception as exc:  # any failure is "not measured", which the gate reports
+            log.warning("effect metrics of a %s row could not be computed: %s", kind, exc)
+            return dict.fromkeys(EFFECT_NAMES)

@@ -448,6 +448,8 @@ class ReferenceMatches:
         uh, cls = np.unique(h, return_inverse=True)
         ur, ref_first = np.unique(r, return_index=True)
         exact = True
+        best: np.ndarray | None
+        partner: np.ndarray | None
         try:
             i, j, d = near_pairs(uh, self.max_distance, ur)
             best = np.full(len(uh), 99, dtype=np.int64)
@@ -466,7 +468,7 @@ class ReferenceMatches:
             matched[sample[np.array(hits, dtype=bool)]] = True
             partner = best = None
         examples = []
-        if partner is not None:
+        if partner is not None and best is not None:
             for row in np.nonzero(matched)[0][:_MAX_EXAMPLES]:
                 c = int(cls.ravel()[row])
                 examples.append(
@@ -885,22 +887,22 @@ def set_checks(
                     f"({distribution.extractor}); required ≥ {t.min_diversity_ratio:g}×",
                 )
             )
-        for name, value, limit in (
+        for name, value, bound in (
             ("kid", distribution.kid, t.max_kid),
             ("fid", distribution.fid, t.max_fid),
         ):
             if value is None:
                 continue
-            checked = limit is not None
+            checked = bound is not None
             out.append(
                 SetCheckResult(
                     f"distribution_{name}",
-                    (value <= limit) if checked else True,
+                    value <= bound if bound is not None else True,
                     value,
-                    limit,
+                    bound,
                     f"{name.upper()} {value:.4g} vs the reference ({distribution.extractor}, "
                     f"{distribution.outputs} outputs, {distribution.reference} reference images); "
-                    + (f"allowed ≤ {limit:g}" if checked else "reported, no threshold set"),
+                    + (f"allowed ≤ {bound:g}" if checked else "reported, no threshold set"),
                 )
             )
     return out

@@ -20,6 +20,9 @@ class QualityCheck(BaseModel):
     observed: Any = Field(
         description="the measured value: a count of failing rows, a row count, a fraction"
     )
+    threshold: Any = Field(
+        default=None, description="what was required: a number, or the requirement in words"
+    )
     detail: str = Field(description="one line saying what was required and what was found")
     failed_rows: int = 0
     examples: list[str] = Field(default_factory=list, description="a few failing row ids")
@@ -34,6 +37,11 @@ class QualitySummary(BaseModel):
     passed: bool
     failed: list[str] = Field(default_factory=list)
     report_key: str = Field(description="the Markdown report, relative to the output root")
+    metrics: dict[str, Any] = Field(
+        default_factory=dict,
+        description="every quality metric measured: effect metric ranges (min/median/max), "
+        "near-duplicate and memorised shares, diversity, KID/FID and the feature extractor",
+    )
 
 
 class QualityReport(BaseModel):
@@ -49,6 +57,9 @@ class QualityReport(BaseModel):
     report_uri: str
     json_uri: str
     statistics: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
     def summary(self) -> QualitySummary:
-        return QualitySummary(passed=self.passed, failed=self.failed, report_key=self.report_key)
+        return QualitySummary(
+            passed=self.passed, failed=self.failed, report_key=self.report_key, metrics=self.metrics
+        )

@@ -407,13 +407,113 @@ class QualityThresholds(Frozen):
         le=1_000_000.0,
         description="longer side / shorter side; a source beyond is quarantined (a strip)",
     )
+    # --- effect and set checks (issue 11; docs/quality-gate.md). Unset (None) means the
+    # documented default, and unset fields stay out of the request hash (see hashed_fields).
+    denoise_min_removed_ratio: float | None = Field(
+        default=None, ge=0.0, description="noise removed ≥ this × the input's σ; default 0.3"
+    )
+    denoise_min_measurable_noise: float | None = Field(
+        default=None, ge=0.0, description="σ below which there is no noise to check; default 3"
+    )
+    denoise_min_detail: float | None = Field(
+        default=None, description="DoG-band detail kept (output ÷ input); default 0.2"
+    )
+    denoise_min_lowpass_psnr: float | None = Field(
+        default=None, description="dB, 4×4 block means of output vs input; default 24"
+    )
+    upscale_min_consistency_psnr: float | None = Field(
+        default=None, description="dB, output resized back vs the input; default 28"
+    )
+    upscale_min_detail: float | None = Field(
+        default=None, description="gradient energy ÷ a bicubic enlargement's; default 1.05"
+    )
+    img2img_max_source_psnr: float | None = Field(
+        default=None, description="dB; a variant this close to its source is a copy; default 40"
+    )
+    img2img_min_ssim_at_zero: float | None = Field(
+        default=None, description="SSIM-to-source bound at strength 0; default 0.4"
+    )
+    img2img_min_ssim_at_one: float | None = Field(
+        default=None, description="SSIM-to-source bound at strength 1; default -0.05"
+    )
+    inpaint_min_unmasked_psnr: float | None = Field(
+        default=None, description="dB outside the mask; default 20"
+    )
+    inpaint_min_change_db: float | None = Field(
+        default=None, description="unmasked_psnr − masked_psnr; default 3"
+    )
+    max_color_shift: float | None = Field(
+        default=None, ge=0.0, description="mean-colour ΔE (denoise/upscale/inpaint); default 6"
+    )
+    img2img_color_shift_base: float | None = Field(
+        default=None, ge=0.0, description="img2img ΔE ≤ base + slope × strength; default unchecked"
+    )
+    img2img_color_shift_slope: float | None = Field(
+        default=None, ge=0.0, description="see img2img_color_shift_base; default 40"
+    )
+    max_hamming: int | None = Field(
+        default=None, ge=0, le=31, description="pHash bits: near-duplicate at or below; default 6"
+    )
+    max_duplicate_fraction: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="share of near-duplicate rows; default 0.01"
+    )
+    max_memorised_fraction: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="generate: rows copying `reference`; default 0.001",
+    )
+    variant_max_pair_psnr: float | None = Field(
+        default=None, description="img2img: dB at which two variants are copies; default 40"
+    )
+    max_variant_copy_fraction: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="img2img: sources with copied variants; default 0.05",
+    )
+    min_diversity_ratio: float | None = Field(
+        default=None, ge=0.0, description="feature diversity ÷ the reference's; default 0.5"
+    )
+    max_kid: float | None = Field(
+        default=None, ge=0.0, description="KID vs the reference; default: reported, not checked"
+    )
+    max_fid: float | None = Field(
+        default=None, ge=0.0, description="FID vs the reference; default: reported, not checked"
+    )
+    reference: str | None = Field(
+        default=None,
+        description="generate: reference/training images (folder, Parquet or name@version) for "
+        "memorisation, diversity and KID/FID; other operations compare with their inputs",
+    )
+    features: str | None = Field(
+        default=None,
+        description="feature extractor of diversity/KID/FID: 'bundled' (default) or a local CLIP "
+        "folder (transformers layout, safetensors); never downloaded",
+    )
+    set_checks: bool | None = Field(
+        default=None, description="run the set-level checks (hashes, features); default true"
+    )
 
+    @field_validator("reference")
+    @classmethod
+    def _reference_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _no_credentials_in_uri(v, "quality.reference")
+
+
+#: The quality fields issue 11 added (effect and set checks), all None unless set.
+_ISSUE11_QUALITY_FIELDS = [
+    name for name in QualityThresholds.model_fields if name not in ("min_pixel_std",
+    "min_faithfulness_psnr", "max_quarantine_fraction", "min_side", "max_aspect_ratio")
+]  # fmt: skip
 
 #: Fields added after requests were first hashed, with their default: left out of the hash while
 #: they hold it, so every earlier request keeps its hash (and its registered version).
 _ADDED_QUALITY_DEFAULTS: dict[str, Any] = {
     "min_side": DEFAULT_MIN_SIDE,
     "max_aspect_ratio": DEFAULT_MAX_ASPECT_RATIO,
+    # issue 11: every effect/set check field, unset (None) by default
+    **{name: None for name in _ISSUE11_QUALITY_FIELDS},
 }
 
 

@@ -22,10 +22,12 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel
 
+from augflow.schemas.errors import InputError, ModelLoadError, StorageError
 from augflow.schemas.quality import QualityCheck, QualityReport
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import METRIC_COLUMNS, ROW_SCHEMA
 from augflow.tasks.layout import RunLayout
+from augflow.tasks.quality_sets import as_quality_check, effect_level, set_level
 from augflow.tasks.storage import Storage
 
 #: How many example row ids a failed check names (in the report and in its one-line summary).
@@ -306,6 +308,8 @@ def validate_rows(
         )
     )
 
+    metrics = _effect_and_set_checks(storage, request, data_files, checks)
+
     passed = all(c.passed for c in checks) and bool(gx_result.get("success"))
     failed = [_one_line(c) for c in checks if not c.passed]
     stats = {
@@ -331,6 +335,7 @@ def validate_rows(
         report_uri=storage.uri(md_key),
         json_uri=storage.uri(json_key),
         statistics=stats,
+        metrics=metrics,
     )
     storage.write_json(
         json_key,
@@ -351,6 +356,33 @@ def validate_rows(
     return report
 
 
+def _effect_and_set_checks(
+    storage: Storage, request: AugmentRequest, data_files: list[str], checks: list[QualityCheck]
+) -> dict[str, Any]:
+    """Issue 11's checks (tasks/quality_sets.py), streamed shard by shard, appended to ``checks``;
+    returns every metric they measured."""
+    files = [f for f in data_files if f]
+    effect, metrics = effect_level(storage, request, files)
+    checks.extend(effect)
+    if request.quality.set_checks is False or not files:
+        return metrics
+    try:
+        results, set_metrics = set_level(storage, request, files)
+    except (InputError, StorageError, ModelLoadError) as exc:
+        # a reference that cannot be read is the request's problem: the gate says so and fails
+        checks.append(
+            QualityCheck(
+                name="set_checks",
+                passed=False,
+                observed=None,
+                detail=f"the set-level checks could not run: {exc}",
+            )
+        )
+        return metrics
+    checks.extend(as_quality_check(r) for r in results)
+    return {**metrics, **set_metrics}
+
+
 def _markdown(request: AugmentRequest, report: QualityReport) -> str:
     s = report.statistics
     verdict = "PASSED ✓" if report.passed else "FAILED ✗"
@@ -363,14 +395,18 @@ def _markdown(request: AugmentRequest, report: QualityReport) -> str:
         f"quarantined: {s['num_quarantined']} of {s['planned_items']} planned",
         f"- full Great Expectations result: {report.json_uri}",
         "",
-        "| | check | observed | detail | example row_ids |",
-        "|---|---|---|---|---|",
+        "| | check | observed | threshold | detail | example row_ids |",
+        "|---|---|---|---|---|---|",
     ]
     for c in report.checks:
         mark = "✓" if c.passed else "✗"
         examples = ", ".join(f"`{r}`" for r in c.examples) or ""
         detail = c.detail.replace("|", "\\|")
-        lines.append(f"| {mark} | {c.name} | {c.observed} | {detail} | {examples} |")
+        threshold = "" if c.threshold is None else str(c.threshold).replace("|", "\\|")
+        lines.append(f"| {mark} | {c.name} | {c.observed} | {threshold} | {detail} | {examples} |")
+    if report.metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(report.metrics.items())]
     if report.failed:
         lines += ["", "## Failed", "", *[f"- {f}" for f in report.failed]]
     return "\n".join(lines) + "\n"

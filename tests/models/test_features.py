@@ -91,11 +91,10 @@ def test_features_see_degradations() -> None:
         assert moved(images) > 1.5 * framing, name
 
 
-def test_env_variable_selects_the_extractor(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(F.FEATURES_ENV, str(tmp_path / "missing"))
+def test_spec_selects_the_extractor(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="never downloaded"):
-        F.load_feature_extractor()
-    monkeypatch.setenv(F.FEATURES_ENV, "bundled:tiny")
+        F.load_feature_extractor(tmp_path / "missing")
+    assert F.load_feature_extractor("bundled:tiny").name == "bundled:tiny"
     assert F.load_feature_extractor().name == "bundled:tiny"
 
 

@@ -55,6 +55,10 @@ def _row(i: int, **overrides: Any) -> dict[str, Any]:
         "has_nan": False,
         "is_blank": False,
         "faithfulness_psnr": 30.0,
+        # effect metrics of a plausible img2img variant (models/effects.py)
+        "source_psnr": 25.0,
+        "source_ssim": 0.6,
+        "color_shift": 3.0,
         "status": "ok",
     }
     row.update(overrides)
@@ -75,6 +79,9 @@ def _write_shards(
 
 
 def _request(**quality: Any) -> AugmentRequest:
+    # the form checks are tested here on made-up rows; the set-level checks (which read the
+    # inputs) have their own tests below
+    quality = {"set_checks": False, **quality}
     return parse_request(
         {
             "dataset": "cats",
@@ -222,10 +229,44 @@ def test_faithfulness_is_not_checked_for_generate(storage: Storage) -> None:
             "dataset": "cats",
             "operation": {"kind": "generate", "num_images": 4},
             "model": {"id": "tiny"},
-            "quality": {"min_faithfulness_psnr": 20.0},
+            "quality": {"min_faithfulness_psnr": 20.0, "set_checks": False},
         }
     )
     rows = [_row(i, operation="generate", faithfulness_psnr=None) for i in range(4)]
     report = _run(storage, rows, request)
     assert report.passed, report.failed
     assert "faithfulness_psnr" not in {c.name for c in report.checks}
+
+
+# --- effect checks (issue 11): thresholds from the request's `quality`, failures name rows -----
+
+
+def test_effect_check_failures_name_threshold_observed_and_rows(storage: Storage) -> None:
+    rows = [_row(i, source_psnr=100.0 if i in (2, 5) else 25.0) for i in range(12)]
+    report = _run(storage, rows)
+    assert not report.passed
+    check = _check(report, "img2img_not_a_copy")
+    assert not check.passed and check.failed_rows == 2 and check.observed == 2
+    assert set(check.examples) == {rows[2]["row_id"], rows[5]["row_id"]}
+    assert "source_psnr < 40" in str(check.threshold)
+    assert [f.split(":")[0] for f in report.failed] == ["img2img_not_a_copy"]
+    assert _check(report, "img2img_related_to_source").passed
+    # every effect metric lands in the report and in the registry entry's summary
+    assert report.metrics["source_psnr_max"] == 100.0
+    assert report.metrics["source_psnr_min"] == 25.0
+    assert report.summary().metrics == report.metrics
+    md = storage.read_bytes(_report_key("report.md")).decode()
+    assert "img2img_not_a_copy" in md and "source_psnr_median" in md
+    # a null metric is not a pass
+    rows[0] = _row(0, source_psnr=None)
+    nulls = _run(storage, rows[:1] + [_row(i) for i in range(1, 12)])
+    assert _check(nulls, "img2img_not_a_copy").examples == [rows[0]["row_id"]]
+
+
+def test_effect_thresholds_come_from_the_request(storage: Storage) -> None:
+    rows = [_row(i, source_psnr=100.0 if i == 2 else 25.0) for i in range(12)]
+    loose = _request(img2img_max_source_psnr=101.0)
+    assert loose.request_hash != _request().request_hash  # a threshold set is a request field
+    report = _run(storage, rows, loose)
+    assert report.passed, report.failed
+    assert "source_psnr < 101" in str(_check(report, "img2img_not_a_copy").threshold)

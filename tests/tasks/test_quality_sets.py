@@ -1,0 +1,177 @@
+"""The gate's set-level checks (tasks/quality_sets.py via validate_rows) over real Parquet shards
+and real image folders: near-duplicates, memorisation against `quality.reference`, diversity and
+KID against the reference, all streamed shard by shard."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from augflow.models.effects import EffectThresholds
+from augflow.models.setmetrics import SetThresholds
+from augflow.schemas import ROW_SCHEMA, parse_request
+from augflow.schemas.request import QualityThresholds
+from augflow.tasks.quality_sets import effect_thresholds, set_thresholds
+from augflow.tasks.storage import Storage
+from augflow.tasks.validate import validate_rows
+
+
+def _photo(k: int, size: int = 48) -> np.ndarray:
+    """Distinct, structured images (pHash of pure noise is fine too, but smooth pictures are what
+    the hash is for): random blobs at random places."""
+    rng = np.random.default_rng(k)
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 3))
+    for _ in range(6):
+        cy, cx, r = [*rng.uniform(0, size, 2).tolist(), rng.uniform(4, 14)]
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None] * rng.uniform(
+            -120, 120, 3
+        )
+    return np.clip(128 + img, 0, 255).astype(np.uint8)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _rows(images: list[np.ndarray]) -> list[dict[str, Any]]:
+    return [
+        {
+            "image": {"bytes": _png(img), "path": None},
+            "row_id": f"row{i:04d}",
+            "source_id": None,
+            "variant": 0,
+            "operation": "generate",
+            "width": img.shape[1],
+            "height": img.shape[0],
+            "expected_width": img.shape[1],
+            "expected_height": img.shape[0],
+            "decodable": True,
+            "pixel_mean": float(img.mean()),
+            "pixel_std": float(img.std()),
+            "has_nan": False,
+            "is_blank": False,
+            "status": "ok",
+        }
+        for i, img in enumerate(images)
+    ]
+
+
+def _validate(storage: Storage, images: list[np.ndarray], **quality: Any):
+    request = parse_request(
+        {
+            "dataset": "faces",
+            "operation": {"kind": "generate", "num_images": len(images)},
+            "model": {"id": "tiny"},
+            "quality": quality,
+        }
+    )
+    rows = _rows(images)
+    files = []
+    for n, start in enumerate(range(0, len(rows), 8)):  # several shards: the checks stream
+        key = f"runs/r/shards/{n:05d}.parquet"
+        storage.write_parquet(key, pa.Table.from_pylist(rows[start : start + 8], schema=ROW_SCHEMA))
+        files.append(key)
+    return validate_rows(storage, request, "r", files, len(rows), 0, len(rows)), rows
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Storage:
+    return Storage(str(tmp_path / "out"))
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    for k in range(24):
+        Image.fromarray(_photo(1000 + k)).save(folder / f"ref{k:02d}.png")
+    return folder
+
+
+def _check(report, name: str):
+    return next(c for c in report.checks if c.name == name)
+
+
+def test_distinct_images_pass_and_every_metric_is_reported(storage, reference) -> None:
+    report, _ = _validate(storage, [_photo(k) for k in range(24)], reference=str(reference))
+    assert report.passed, report.failed
+    names = {c.name for c in report.checks}
+    assert {"near_duplicates", "memorisation", "diversity", "distribution_kid"} <= names
+    m = report.summary().metrics
+    assert m["duplicate_fraction"] == 0.0 and m["memorised_fraction"] == 0.0
+    assert m["reference_images"] == 24
+    assert m["kid"] is not None and 0.5 < m["diversity_ratio"] < 2.0
+    assert m["feature_extractor"] == "bundled:tiny"
+
+
+def test_one_image_for_every_seed_fails_near_duplicates_and_diversity(storage, reference) -> None:
+    report, rows = _validate(storage, [_photo(7)] * 20, reference=str(reference))
+    assert not report.passed
+    failed = {f.split(":")[0] for f in report.failed}
+    assert {"near_duplicates", "diversity"} <= failed
+    dup = _check(report, "near_duplicates")
+    assert dup.observed == pytest.approx(19 / 20) and dup.threshold == pytest.approx(0.01)
+    assert dup.examples and set(dup.examples) <= {r["row_id"] for r in rows}
+    assert _check(report, "diversity").observed == pytest.approx(0.0, abs=1e-6)
+
+
+def test_copies_of_the_reference_fail_memorisation(storage, reference) -> None:
+    copies = [np.asarray(Image.open(p)) for p in sorted(reference.glob("*.png"))][:12]
+    report, rows = _validate(storage, copies, reference=str(reference))
+    assert [f.split(":")[0] for f in report.failed] == ["memorisation"]
+    memo = _check(report, "memorisation")
+    assert memo.observed == 1.0 and memo.threshold == pytest.approx(0.001)
+    assert memo.examples[0] in {r["row_id"] for r in rows}
+    # without a reference there is nothing to have memorised: no such check
+    report, _ = _validate(storage, copies)
+    assert "memorisation" not in {c.name for c in report.checks} and report.passed
+
+
+def test_set_thresholds_and_switch_come_from_the_request(storage, reference) -> None:
+    same = [_photo(7)] * 10
+    report, _ = _validate(storage, same, max_duplicate_fraction=1.0)
+    assert report.passed, report.failed
+    report, _ = _validate(storage, same, set_checks=False)
+    assert report.passed and "near_duplicates" not in {c.name for c in report.checks}
+
+
+def test_unreadable_reference_fails_the_gate_with_a_message(storage, tmp_path) -> None:
+    report, _ = _validate(storage, [_photo(k) for k in range(4)], reference=str(tmp_path / "nope"))
+    check = _check(report, "set_checks")
+    assert not check.passed and "nope" in check.detail
+
+
+def test_every_threshold_is_a_request_field_and_unset_fields_keep_the_hash() -> None:
+    fields = set(QualityThresholds.model_fields)
+    assert set(EffectThresholds.names()) <= fields
+    assert set(SetThresholds.__dataclass_fields__) <= fields
+    q = QualityThresholds()
+    assert effect_thresholds(q) == EffectThresholds() and set_thresholds(q) == SetThresholds()
+    q = QualityThresholds(max_color_shift=9.0, max_hamming=3)
+    assert effect_thresholds(q).max_color_shift == 9.0 and set_thresholds(q).max_hamming == 3
+    base = {
+        "dataset": "x",
+        "operation": {"kind": "generate", "num_images": 3},
+        "model": {"id": "m"},
+    }
+    request = parse_request(base)
+    # the hash of a request that sets none of the new fields is the one it had before them
+    # (computed on main before issue 11)
+    assert request.hashed_fields()["quality"] == {
+        "min_pixel_std": 2.0,
+        "min_faithfulness_psnr": None,
+        "max_quarantine_fraction": 0.1,
+    }
+    assert request.request_hash == (
+        "5e8a40093297b31c43f82319fbfa4093670e9008c8d9137a87108220a5600e88"
+    )
+    assert parse_request({**base, "quality": {"max_kid": 0.1}}).request_hash != request.request_hash
