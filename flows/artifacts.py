@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -54,6 +55,7 @@ def publish_artifacts(
     report_uri: str | None,
     failed: list[str],
     preview_uri: str | None,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
     rows = sum(r.num_rows for r in results)
     quarantined = sum(r.num_quarantined for r in results)
@@ -75,6 +77,9 @@ def publish_artifacts(
             lines.append(f"- Great Expectations Data Docs: `{docs}`")
     if failed:
         lines += ["", "## Failed checks", *[f"- {f}" for f in failed]]
+    if metrics:  # the quality gate's measurements (issue 11; docs/quality-gate.md)
+        lines += ["", "## Quality metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(metrics.items())]
     if preview_uri:
         thumb = thumbnail_data_uri(preview_uri)
         lines += ["", "## Preview"]

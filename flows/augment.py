@@ -53,6 +53,7 @@ def augment(request: AugmentRequest) -> RunOutcome:
             report.report_uri,
             report.failed,
             preview,
+            metrics=report.metrics,
         )
         raise QualityGateError(request.dataset, report.failed, report.report_uri)
     outcome = register_step(request, plan, results, report)
@@ -65,6 +66,7 @@ def augment(request: AugmentRequest) -> RunOutcome:
         report.report_uri,
         [],
         preview,
+        metrics=report.metrics,
     )
     return RunOutcome(
         dataset=request.dataset,

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from augflow.flows.evaluate import evaluate as evaluate_command
+
 # augflow talks to nothing but its own services: no telemetry from the local Prefect server Prefect
 # starts when no API URL is set, no usage stats from Ray. Users can still opt in explicitly.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -38,6 +40,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 app = typer.Typer(help="Batch data augmentation with diffusion models.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Registered dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.command("evaluate")(evaluate_command)  # issue 11: flows/evaluate.py
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 

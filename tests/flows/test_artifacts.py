@@ -162,8 +162,11 @@ def test_a_failed_gate_lists_the_failed_checks_and_no_registry_entry() -> None:
         report_uri="file:///out/report.md",
         failed=["row_count: expected 6, found 3", "no_nan: 1 row"],
         preview_uri=None,
+        metrics={"duplicate_fraction": 0.25, "kid": 0.0123},
     )
     text = artifacts["augflow-dogs-summary"].data
+    # the quality gate's measurements (issue 11) are in the artifact too
+    assert "## Quality metrics" in text and "| duplicate_fraction | 0.25 |" in text
     assert text.startswith("# dogs@v123: checks failed, nothing registered\n")
     assert "## Failed checks\n- row_count: expected 6, found 3\n- no_nan: 1 row" in text
     assert "registry entry" not in text and "Preview" not in text
