@@ -491,6 +491,9 @@ class QualityThresholds(Frozen):
         description="feature extractor of diversity/KID/FID: 'bundled' (default) or a local CLIP "
         "folder (transformers layout, safetensors); never downloaded",
     )
+    effect_checks: bool | None = Field(
+        default=None, description="run the row-level effect checks; default true"
+    )
     set_checks: bool | None = Field(
         default=None, description="run the set-level checks (hashes, features); default true"
     )

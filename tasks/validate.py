@@ -362,8 +362,10 @@ def _effect_and_set_checks(
     """Issue 11's checks (tasks/quality_sets.py), streamed shard by shard, appended to ``checks``;
     returns every metric they measured."""
     files = [f for f in data_files if f]
-    effect, metrics = effect_level(storage, request, files)
-    checks.extend(effect)
+    metrics: dict[str, Any] = {}
+    if request.quality.effect_checks is not False:
+        effect, metrics = effect_level(storage, request, files)
+        checks.extend(effect)
     if request.quality.set_checks is False or not files:
         return metrics
     try:

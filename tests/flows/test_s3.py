@@ -105,7 +105,13 @@ def test_img2img_and_generate_on_s3_register_readable_versions_and_leak_no_secre
             "steps": 2,
             "image_size": 16,
             "shard_size": 4,
-            "quality": {"max_quarantine_fraction": 0.2},
+            # a random tiny model's variants fail the effect and set checks (issue 11, tested
+            # in tests/flows/test_quality_gate.py); this test is about what happens around them
+            "quality": {
+                "max_quarantine_fraction": 0.2,
+                "effect_checks": False,
+                "set_checks": False,
+            },
         }
     )
     state = augment(request, return_state=True)

@@ -270,3 +270,5 @@ def test_effect_thresholds_come_from_the_request(storage: Storage) -> None:
     report = _run(storage, rows, loose)
     assert report.passed, report.failed
     assert "source_psnr < 101" in str(_check(report, "img2img_not_a_copy").threshold)
+    off = _run(storage, rows, _request(effect_checks=False))
+    assert off.passed and "img2img_not_a_copy" not in {c.name for c in off.checks}
