@@ -79,7 +79,9 @@ def test_x4_upscaler_through_the_flow(tmp_path: Path, photos_dir: Path) -> None:
             "output": str(tmp_path / "out"),
             "steps": 1,
             "shard_size": 3,
-            "quality": {"max_quarantine_fraction": 0.5},  # photos_dir holds one corrupt file
+            # photos_dir holds one corrupt file; a random tiny upscaler fails the effect checks
+            # (issue 11, tested in tests/flows/test_quality_gate.py), which are not tested here
+            "quality": {"max_quarantine_fraction": 0.5, "effect_checks": False},
         }
     )
     outcome = augment(request)
