@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -25,22 +25,16 @@ from PIL import Image
 
 from augflow.models.effects import EffectThresholds, effect_checks
 from augflow.models.images import ImageRejected, decode_image
-from augflow.models.setmetrics import (
-    FeatureStats,
-    NearDuplicates,
-    ReferenceMatches,
-    SetCheckResult,
-    SetThresholds,
-    VariantSpread,
-    phashes,
-    set_checks,
-)
 from augflow.schemas.errors import StorageError
 from augflow.schemas.quality import QualityCheck
 from augflow.schemas.records import SourceItem
 from augflow.schemas.request import AugmentRequest, QualityThresholds
 from augflow.schemas.rows import EFFECT_COLUMN_NAMES
 from augflow.tasks.storage import Storage, open_uri
+
+if TYPE_CHECKING:  # models.setmetrics loads torch: imported where the set checks run, so the
+    # flow process that only plans and fans out never loads it (tests/test_layers.py)
+    from augflow.models.setmetrics import SetCheckResult, SetThresholds
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +52,8 @@ def effect_thresholds(q: QualityThresholds) -> EffectThresholds:
 
 
 def set_thresholds(q: QualityThresholds) -> SetThresholds:
+    from augflow.models.setmetrics import SetThresholds
+
     names = [f for f in SetThresholds.__dataclass_fields__]
     return SetThresholds(**{k: getattr(q, k) for k in names if getattr(q, k, None) is not None})
 
@@ -245,6 +241,14 @@ def set_level(
     """Near-duplicates, memorisation (generate with a reference), variant spread (img2img),
     diversity and KID/FID against the reference, streamed over the shard files."""
     from augflow.models.features import load_feature_extractor
+    from augflow.models.setmetrics import (
+        FeatureStats,
+        NearDuplicates,
+        ReferenceMatches,
+        VariantSpread,
+        phashes,
+        set_checks,
+    )
 
     kind = request.operation.kind
     t = set_thresholds(request.quality)
