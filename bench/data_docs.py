@@ -99,7 +99,8 @@ def main() -> None:
             "operation": {"kind": "img2img", "variants": 1},
             "inputs": "/in",
             "model": {"id": "tiny"},
-            "quality": {"min_faithfulness_psnr": 20.0},
+            # made-up rows: only the GX suite is measured here, not issue 11's effect/set checks
+            "quality": {"min_faithfulness_psnr": 20.0, "effect_checks": False, "set_checks": False},
         }
     )
     layout = RunLayout(request.request_hash)
