@@ -87,6 +87,8 @@ def test_a_refresh_drops_a_damaged_carried_shard_and_plans_its_sources_again(
             "image_size": 16,
             "shard_size": 4,
             "execution": {"workers": 1, "device": "cpu"},
+            # a random tiny model's variants fail issue 11's effect and set checks; not tested here
+            "quality": {"effect_checks": False, "set_checks": False},
         }
     )
     first = augment(request)

@@ -149,6 +149,8 @@ def test_least_privilege_runs_the_whole_flow_and_nothing_else(
             "image_size": 16,
             "shard_size": 4,
             "execution": {"workers": 1, "device": "cpu"},
+            # a random tiny model's variants fail issue 11's effect and set checks; not tested here
+            "quality": {"effect_checks": False, "set_checks": False},
         }
     )
     outcome = _augment(req)
