@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_ROOT ?= augflow-data
 
-.PHONY: install test test-fast lint typecheck format demo bench clean
+.PHONY: install test test-fast lint typecheck format demo bench usefulness clean
 
 install: $(STAMP)
 
@@ -56,6 +56,13 @@ demo: install
 bench: install
 	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
 	HOME=$(DEMO_HOME) $(BIN)/python -m bench.run --out bench/results
+
+# Does augflow's output help a training job? A proxy classifier on few-shot digits, >= 5 seeds
+# (~10-20 min on 2 cores). Writes bench/results/usefulness.json, usefulness-details.json and
+# usefulness.md; docs/usefulness.md discusses the numbers. Exits 1 if an arm cannot run.
+usefulness: install
+	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
+	HOME=$(DEMO_HOME) $(BIN)/python -m bench.usefulness --out bench/results
 
 clean:
 	rm -rf $(VENV) augflow-data .pytest_cache .ruff_cache examples/inputs
