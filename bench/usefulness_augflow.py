@@ -9,6 +9,7 @@ the registry either way.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,17 +22,34 @@ class AugflowRunFailed(RuntimeError):
     """augflow refused or failed a request; the message is augflow's own."""
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: "augflow.schemas.errors.ModelLoadError: model ... " inside a traceback Ray passed along
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
 def _compact(message: str) -> str:
-    """augflow's message without repeats: one line per distinct reason (shards fail alike)."""
-    seen: list[str] = []
-    for line in message.splitlines():
-        line = line.strip().removeprefix("- ")
-        # "shard 0003: ModelLoadError: ..." → the reason; the shard ids add nothing here
-        if line.startswith("shard ") and ": " in line:
-            line = line.split(": ", 1)[1]
-        if line and line not in seen:
-            seen.append(line)
-    return " | ".join(seen)
+    """augflow's message in one line: its summary plus each distinct root cause, once.
+
+    A failed shard's reason can hold a whole remote traceback (Ray's), repeated per shard; the
+    lines that name an exception are what a reader needs.
+    """
+    lines = [_ANSI.sub("", ln).strip() for ln in message.splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return ""
+    causes: list[str] = []
+    for ln in lines[1:]:
+        m = _ERROR_LINE.match(ln.removeprefix("- "))
+        if m and f"{m[1]}: {m[2]}" not in causes:
+            causes.append(f"{m[1]}: {m[2]}")
+    if not causes:  # plain reasons ("shard x: why"), no tracebacks: keep the distinct ones
+        for ln in lines[1:]:
+            reason = ln.removeprefix("- ")
+            if reason.startswith("shard ") and ": " in reason:
+                reason = reason.split(": ", 1)[1]  # the shard id adds nothing here
+            if reason not in causes:
+                causes.append(reason)
+    return " ".join([lines[0].rstrip(":") + ":" if causes else lines[0], *causes])
 
 
 class Augflow:
@@ -84,7 +102,7 @@ class Augflow:
         try:
             outcome = augment(request)
         except QualityGateError as exc:
-            failed = _compact("\n".join(exc.failed))
+            failed = "; ".join(exc.failed)
             raise AugflowRunFailed(f"{body['dataset']}: quality checks failed: {failed}") from None
         except AugflowError as exc:
             raise AugflowRunFailed(f"{body['dataset']}: {_compact(str(exc))}") from None

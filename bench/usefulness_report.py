@@ -55,7 +55,7 @@ def markdown(details: dict[str, Any]) -> str:
         ]
         for arm, body in final["arms"].items():
             if body.get("mean") is None:
-                lines.append(f"| {arm} | not run: {body.get('error', '')} | | | |")
+                lines.append(f"| {arm} | not run: augflow cannot do it yet (below) | – | – | – |")
                 continue
             lines.append(
                 f"| {arm} | {setting(arm, final['settings'])} | {pct(body)} | "
@@ -74,8 +74,7 @@ def markdown(details: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     if not sw["img2img"]:
-        why = details["augflow"]["errors"].get("img2img", "")
-        lines.append(f"| not run | | | {why} | | |")
+        lines.append("| not run: augflow cannot do it yet (below) | | | | | |")
     for row in sw["img2img"]:
         lines.append(
             f"| {row['strength']} | {row['variants']} | {row['share']} | {pct(row)} | "
