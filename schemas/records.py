@@ -24,6 +24,11 @@ class SourceItem(Frozen):
         description="why the listing already knows this item cannot be used (e.g. not a regular "
         "file); the worker quarantines it with this reason without reading it",
     )
+    label: int | None = Field(
+        default=None,
+        description="the row's class label (a Parquet input's `label` or `class_label` column); "
+        "copied into each output row's class_label and conditions class-conditional models",
+    )
 
 
 class ShardSpec(Frozen):
@@ -261,6 +266,7 @@ def iter_work_items(request: AugmentRequest, shard: ShardSpec) -> Iterator[WorkI
                 source_row=src.row,
                 variant=v,
                 seed=derive_seed(h, request.seed, src.source_id, v),
+                class_label=src.label,
                 prompt=prompt,
             )
 

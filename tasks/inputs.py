@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from augflow.models.images import MAX_FILE_BYTES
@@ -341,9 +342,13 @@ def _parquet_rows(fs, path: str, uri: str, label: str, *, strict: bool) -> list[
                 raise InputError(
                     f"{uri} has {n} rows; one request plans at most {MAX_INPUT_ITEMS} items"
                 )
+            labels = _labels(pf, uri)
             id_col = next((c for c in ID_COLUMNS if c in names), None)
             if id_col is None:
-                return [SourceItem(source_id=f"{label}#{i}", uri=uri, row=i) for i in range(n)]
+                return [
+                    SourceItem(source_id=f"{label}#{i}", uri=uri, row=i, label=labels[i])
+                    for i in range(n)
+                ]
             values = pf.read(columns=[id_col]).column(0).to_pylist()
     except InputError:
         raise
@@ -354,7 +359,9 @@ def _parquet_rows(fs, path: str, uri: str, label: str, *, strict: bool) -> list[
         raise InputError(
             f"{uri}: column `{id_col}` has {nulls} empty values; source ids must be unique and set"
         )
-    return [SourceItem(source_id=str(v), uri=uri, row=i) for i, v in enumerate(values)]
+    return [
+        SourceItem(source_id=str(v), uri=uri, row=i, label=labels[i]) for i, v in enumerate(values)
+    ]
 
 
 def _entry_of(request: AugmentRequest, name: str, version: str):
@@ -377,3 +384,28 @@ def _registered_sources(request: AugmentRequest, name: str, version: str) -> lis
                 "plans at most that many"
             )
     return items
+
+
+# --- labels (issue 13) ---------------------------------------------------------------------------
+
+#: Integer class-label columns of a Parquet input, first found wins: `label` for a user's labelled
+#: set, `class_label` for a registered augflow version used as inputs (its rows' own labels).
+LABEL_COLUMNS = ("label", "class_label")
+
+
+def _labels(pf: pq.ParquetFile, uri: str) -> list[int | None]:
+    """Each row's class label (None: no label column, or a null cell)."""
+    names = pf.schema_arrow.names
+    col = next((c for c in LABEL_COLUMNS if c in names), None)
+    if col is None:
+        return [None] * pf.metadata.num_rows
+    if not pa.types.is_integer(pf.schema_arrow.field(col).type):
+        raise InputError(
+            f"{uri}: column `{col}` is {pf.schema_arrow.field(col).type}; class labels must be "
+            "integers (0, 1, ...); map class names to ids or rename the column"
+        )
+    values = pf.read(columns=[col]).column(0).to_pylist()
+    bad = sorted({v for v in values if v is not None and v < 0})
+    if bad:
+        raise InputError(f"{uri}: column `{col}` holds negative labels {bad[:5]}; labels are >= 0")
+    return values

@@ -8,6 +8,10 @@ denoise    the noisy source entered into the reverse process at the timestep who
            matches ``noise_level`` (deterministic DDIM from there; see ``_denoise_with_prior``)
 upscale    bicubic x factor, then SDEdit at ``strength``
 
+A class-conditional UNet (``num_class_embeds``) conditions img2img, denoise and upscale on each
+source's label (a Parquet input's ``label`` column), or on the model's null label
+(``_null_class_label`` in unet/config.json) for a source without one.
+
 The UNet works with ``unet.config.in_channels`` channels: 3 (RGB) or 1 (grey, e.g. a face
 generator trained on greyscale); a grey model sees its sources as luminance, and its output is
 replicated to RGB so every row is an RGB PNG.
@@ -75,6 +79,11 @@ class UNetFamily:
         config = self.pipe.unet.config
         self.channels = int(config.in_channels)
         self.num_classes: int | None = config.num_class_embeds
+        # The class id a class-conditional model was trained with for "label unknown"
+        # (classifier-free style), declared as ``_null_class_label`` in unet/config.json: diffusers
+        # keeps private keys in ``unet.config`` without warning about them. None: no such class.
+        null = config.get("_null_class_label") if self.num_classes is not None else None
+        self.null_label: int | None = None if null is None else int(null)
         self.steps: int = resolve_steps(ctx, self.pipe)
 
     # --- validation ----------------------------------------------------------------------------
@@ -90,12 +99,7 @@ class UNetFamily:
                 "are supported"
             )
         labels = op.class_labels if isinstance(op, GenerateOp) else None
-        if self.num_classes is not None:
-            if kind != "generate":
-                raise ModelLoadError(
-                    f"model {ctx.model_id!r} is class-conditional; operation {kind!r} with a "
-                    "class-conditional model is not supported yet; it does generate"
-                )
+        if self.num_classes is not None and kind == "generate":
             if not labels:
                 raise RequestError(
                     "operation.class_labels",
@@ -152,9 +156,10 @@ class UNetFamily:
             x = self._generate(len(items), generators, self._labels(items))
             return Computed(self._rgb(x), [None] * len(items))
         srcs = present(sources)
+        labels = self._source_labels(items)
         if isinstance(op, Img2ImgOp):
             inits = [ImageOps.fit(s, self.native_size(), Image.Resampling.BICUBIC) for s in srcs]
-            x = self._sdedit(self._pixels(inits), generators, op.strength)
+            x = self._sdedit(self._pixels(inits), generators, op.strength, labels)
         elif isinstance(op, UpscaleOp):
             w, h = srcs[0].size
             f = op.factor
@@ -163,7 +168,7 @@ class UNetFamily:
             x = run_padded(
                 self._pixels(big),
                 self._pad_multiple(),
-                lambda c: self._sdedit(c, generators, strength),
+                lambda c: self._sdedit(c, generators, strength, labels),
             )
             inits = srcs
         elif isinstance(op, DenoiseOp):
@@ -171,7 +176,7 @@ class UNetFamily:
             x = run_padded(
                 self._pixels(srcs),
                 self._pad_multiple(),
-                lambda c: self._denoise_each(c, noise_level),
+                lambda c: self._denoise_each(c, noise_level, labels),
             )
             inits = srcs
         else:
@@ -205,6 +210,30 @@ class UNetFamily:
             raise ValueError("class-conditional model but no class_label")
         return torch.tensor(labels, device=self.ctx.torch_device)
 
+    def _source_labels(self, items: Sequence[WorkItem]) -> torch.Tensor | None:
+        """Class ids conditioning a class-conditional model on sources: each item's label (from
+        its input row), or the model's null label for an item without one. None: unconditional."""
+        if self.num_classes is None:
+            return None
+        ids: list[int] = []
+        for it in items:
+            label = it.class_label if it.class_label is not None else self.null_label
+            if label is None:
+                raise RequestError(
+                    "inputs",
+                    f"model {self.ctx.model_id!r} is class-conditional and has no null label "
+                    f"(`_null_class_label` in unet/config.json), but source {it.source_id!r} has "
+                    "no label; give Parquet inputs a `label` column",
+                )
+            if not 0 <= label < self.num_classes:
+                raise RequestError(
+                    "inputs",
+                    f"source {it.source_id!r} has label {label}, outside the classes 0.."
+                    f"{self.num_classes - 1} of model {self.ctx.model_id!r}",
+                )
+            ids.append(label)
+        return torch.tensor(ids, device=self.ctx.torch_device)
+
     def _generate(
         self, n: int, gens: list[torch.Generator], labels: torch.Tensor | None
     ) -> torch.Tensor:
@@ -223,7 +252,11 @@ class UNetFamily:
         return self._reverse(x, sched.timesteps, gens, labels)
 
     def _sdedit(
-        self, x0: torch.Tensor, gens: list[torch.Generator], strength: float
+        self,
+        x0: torch.Tensor,
+        gens: list[torch.Generator],
+        strength: float,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Noise ``x0`` to timestep ≈ strength·T with each image's generator, then sample back."""
         from diffusers.utils.torch_utils import randn_tensor
@@ -241,7 +274,7 @@ class UNetFamily:
         x0 = x0.to(dev, self.ctx.dtype)
         noise = randn_tensor(x0.shape, generator=gens, device=dev, dtype=self.ctx.dtype)
         x = sched.add_noise(x0, noise, timesteps[:1].repeat(x0.shape[0]))
-        return self._reverse(x, timesteps, gens, None)
+        return self._reverse(x, timesteps, gens, labels)
 
     def _reverse(
         self,
@@ -261,19 +294,25 @@ class UNetFamily:
             x = sched.step(out, t, x, **step_kw).prev_sample
         return x.float()
 
-    def _denoise_each(self, y: torch.Tensor, noise_level: float | None) -> torch.Tensor:
+    def _denoise_each(
+        self, y: torch.Tensor, noise_level: float | None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Denoise at the request's σ, or (unset) at each image's own estimated σ."""
         if noise_level is not None:
-            return self._denoise_with_prior(y, noise_level)
+            return self._denoise_with_prior(y, noise_level, labels)
         sigmas = estimate_noise_sigma(y[:, :3] if y.shape[1] >= 3 else y.repeat(1, 3, 1, 1))
         return torch.cat(
             [
-                self._denoise_with_prior(y[i : i + 1], max(float(s), 0.5))
+                self._denoise_with_prior(
+                    y[i : i + 1], max(float(s), 0.5), None if labels is None else labels[i : i + 1]
+                )
                 for i, s in enumerate(sigmas)
             ]
         )
 
-    def _denoise_with_prior(self, y: torch.Tensor, noise_level: float) -> torch.Tensor:
+    def _denoise_with_prior(
+        self, y: torch.Tensor, noise_level: float, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Denoise with an unconditional prior by entering the reverse process mid-way.
 
         A noisy image y = x0 + σ·n is, up to scale, a sample of the forward process at the timestep
@@ -298,7 +337,7 @@ class UNetFamily:
         for i, t in enumerate(ts):
             a_t = float(ac[t])
             # [:, :c]: a UNet with learned variance outputs twice the channels it takes
-            out = unet(x.to(self.ctx.dtype), t).sample.float()[:, :c]
+            out = unet(x.to(self.ctx.dtype), t, class_labels=labels).sample.float()[:, :c]
             if prediction == "epsilon":
                 eps = out
                 x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5

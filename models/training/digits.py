@@ -142,7 +142,7 @@ def generator_training_set() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def digits_unet() -> UNet2DModel:
     # 0.98 M parameters (3.7 MiB in fp32): fits what is left of the repository's 25 MB model budget
     # and trains on one CPU core in well under an hour. 56 channels: groups of 8 for GroupNorm.
-    return UNet2DModel(
+    unet = UNet2DModel(
         sample_size=SIDE,
         in_channels=3,
         out_channels=3,
@@ -153,6 +153,9 @@ def digits_unet() -> UNet2DModel:
         norm_num_groups=8,
         num_class_embeds=NUM_CLASSES + 1,
     )
+    # augflow conditions a source without a label on this class (models/families/unet.py)
+    unet.register_to_config(_null_class_label=NULL_LABEL)
+    return unet
 
 
 def digits_scheduler() -> DDIMScheduler:

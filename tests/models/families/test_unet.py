@@ -159,8 +159,7 @@ def test_class_conditional(class_cond_dir: Path) -> None:
             ),
             "cpu",
         )
-    with pytest.raises(ModelLoadError, match="not supported"):
-        AugmentModel(make_request(class_cond_dir, {"kind": "denoise"}), "cpu")
+    # sources with labels: tests/models/families/test_unet_labels.py
 
 
 def test_request_mismatches_are_refused(ddpm_dir: Path, mask_file: Path) -> None:
