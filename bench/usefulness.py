@@ -548,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_env()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # on a loaded machine the ephemeral Prefect server needs more than its default 20 s to start
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     cfg = SMOKE if args.smoke else FULL
 
     def log(msg: str) -> None:

@@ -82,7 +82,8 @@ class Augflow:
             "seed": seed,
             "shard_size": shard_size,
             "output": self.output,
-            "execution": {"device": "cpu", "workers": self.workers, "batch_size": 1},
+            "compute": {"micro_batch": 16},
+            "execution": {"device": "cpu", "workers": self.workers},
         }
         if inputs is not None:
             body["inputs"] = str(inputs)

@@ -86,13 +86,15 @@ class VersionRows:
 
 def read_version(root: str, ref: str) -> VersionRows:
     """Read ``name@version`` like a training job: registry entry → file URIs → pyarrow → PIL."""
-    from augflow.tasks.register import get_version, parse_ref
+    from augflow.schemas.names import parse_ref
+    from augflow.tasks.register import file_uris, get_version
     from augflow.tasks.storage import Storage, filesystem_for
 
     name, version = parse_ref(ref)
-    entry = get_version(Storage(root), name, version)
+    storage = Storage(root)
+    entry = get_version(storage, name, version)
     tables = []
-    for uri in entry.file_uris:
+    for uri in file_uris(storage, entry):
         fs, path = filesystem_for(uri)
         with fs.open(path, "rb") as fh:
             tables.append(
