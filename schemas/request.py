@@ -497,6 +497,7 @@ class QualityThresholds(Frozen):
     set_checks: bool | None = Field(
         default=None, description="run the set-level checks (hashes, features); default true"
     )
+    min_proxy_lift: float | None = None  # proxy-classifier accuracy lift; docs/usefulness.md
 
     @field_validator("reference")
     @classmethod

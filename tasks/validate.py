@@ -310,6 +310,12 @@ def validate_rows(
 
     metrics = _effect_and_set_checks(storage, request, data_files, checks)
 
+    # Proxy usefulness (issue 13, tasks/proxy.py): off unless quality.min_proxy_lift is set.
+    if request.quality.min_proxy_lift is not None:
+        from augflow.tasks.proxy import proxy_check  # imports torch: only when asked for
+
+        checks.append(proxy_check(storage, request, data_files))
+
     passed = all(c.passed for c in checks) and bool(gx_result.get("success"))
     failed = [_one_line(c) for c in checks if not c.passed]
     stats = {
