@@ -68,13 +68,14 @@ def test_the_wheel_installs_the_augflow_command(wheel: zipfile.ZipFile) -> None:
 
 def test_bundled_ids_resolve_inside_the_package() -> None:
     assert bundled_models() == [
+        "bundled:ddim-digits16",
         "bundled:ddim-faces32",
         "bundled:sr3-denoise",
         "bundled:sr3-upscale",
     ]
     folder = local_model_path("bundled:sr3-denoise")
     assert folder == BUNDLED_DIR / "sr3-denoise" and (folder / "model_index.json").is_file()
-    with pytest.raises(ModelLoadError, match="this installation ships: bundled:ddim-faces32"):
+    with pytest.raises(ModelLoadError, match="ships: bundled:ddim-digits16, bundled:ddim-faces32"):
         local_model_path("bundled:sd-turbo")
     with pytest.raises(ModelLoadError, match="not a bundled model"):
         local_model_path("bundled:../../etc")
