@@ -58,8 +58,9 @@ bench: install
 	HOME=$(DEMO_HOME) $(BIN)/python -m bench.run --out bench/results
 
 # Does augflow's output help a training job? A proxy classifier on few-shot digits, >= 5 seeds
-# (~10-20 min on 2 cores). Writes bench/results/usefulness.json, usefulness-details.json and
-# usefulness.md; docs/usefulness.md discusses the numbers. Exits 1 if an arm cannot run.
+# (37 min measured on the shared 2-core VM at load average 18-30). Writes
+# bench/results/usefulness.json, usefulness-details.json and usefulness.md; docs/usefulness.md
+# discusses the numbers. Exits 1 if an arm cannot run.
 usefulness: install
 	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
 	HOME=$(DEMO_HOME) $(BIN)/python -m bench.usefulness --out bench/results

@@ -1,6 +1,6 @@
 """Does augflow's output help a training job? The usefulness benchmark (issue 13).
 
-    make usefulness                                    # the numbers (≤ 20 min on 2 CPU cores)
+    make usefulness                                    # the numbers (37 min on 2 shared, loaded cores)
     .venv/bin/python -m bench.usefulness --out bench/results
     .venv/bin/python -m bench.usefulness --smoke --out /tmp/u     # plumbing check, seconds
     .venv/bin/python -m bench.usefulness --via cli ...            # every augflow run via the CLI
