@@ -60,6 +60,8 @@ def _request(name: str, model: Path, inputs: str, root: Path, **extra):
         "output": str(root),
         "steps": 4,
         "shard_size": 4,
+        # a random tiny model makes near-copies: the effect and set checks are not what this is about
+        "quality": {"effect_checks": False, "set_checks": False, **extra.pop("quality", {})},
         **extra,
     }
     return parse_request(body)
