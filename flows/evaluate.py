@@ -4,8 +4,11 @@ Reads the version's committed shard files under ``--root`` (a local folder or ``
 a time, and recomputes what the gate measured at registration: the effect checks from the stored
 metric columns, and the set-level checks — near-duplicates, memorisation, variant spread,
 diversity and KID/FID against a reference (``--reference``; else the request's
-``quality.reference``, else its inputs). Prints a table, or JSON with ``--json``. Exits 1 when a
-check fails (the same code as a refused ``augflow run``), 3 when the version cannot be read.
+``quality.reference``, else its inputs). With ``--proxy`` it also trains the proxy classifier
+(issue 13) with and without the version's labelled rows and reports the lift (``--real`` names the
+real labelled images; default: the version's inputs). Prints a table, or JSON with ``--json``.
+Exits 1 when a check fails (the same code as a refused ``augflow run``), 3 when the version cannot
+be read.
 
 Its own typer app (``python -m augflow.flows.evaluate``), registered in flows/cli.py as the
 ``evaluate`` command.
@@ -78,6 +81,18 @@ def evaluate(
         str | None,
         typer.Option("--features", help="feature extractor: 'bundled' or a local CLIP folder"),
     ] = None,
+    proxy: bool = typer.Option(
+        False, "--proxy", help="also measure the proxy-classifier lift of the labelled rows"
+    ),
+    real: Annotated[
+        str | None,
+        typer.Option(
+            "--real",
+            help="with --proxy: the real labelled images (Parquet/folder with a `label` column, "
+            "or NAME@VERSION); default: the version's inputs",
+        ),
+    ] = None,
+    seeds: int = typer.Option(5, "--seeds", min=1, help="with --proxy: classifier seeds"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Recompute a registered version's quality metrics (set-level and effect checks)."""
@@ -85,6 +100,12 @@ def evaluate(
 
     try:
         doc = evaluate_version(root, ref, reference, features)
+        if proxy:
+            from augflow.tasks.proxy import evaluate_proxy
+
+            result = evaluate_proxy(root, ref, real=real, seeds=seeds)
+            doc["proxy"] = result.to_json()
+            doc["proxy_line"] = result.line()
     except AugflowError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
@@ -116,6 +137,8 @@ def _print(doc: dict[str, Any]) -> None:
     for k, v in sorted(doc["metrics"].items()):
         metrics.add_row(k, _fmt(v), _fmt(doc["registered_metrics"].get(k)))
     out.print(metrics)
+    if "proxy_line" in doc:
+        out.print(doc["proxy_line"])
 
 
 def _fmt(v: Any) -> str:

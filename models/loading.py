@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from augflow.models.bundled_ids import local_model_path
 from augflow.schemas.errors import ModelLoadError
 from augflow.schemas.request import ModelSpec
 
@@ -79,33 +80,6 @@ def resolve_device(device: str) -> str:
 def default_dtype(device: str) -> torch.dtype:
     # fp16 halves memory and is what the GPU kernels are fast at; CPU has no fast fp16 path.
     return torch.float16 if device.startswith("cuda") else torch.float32
-
-
-#: ``model.id: bundled:NAME`` names a model shipped inside augflow (models/bundled/NAME), wherever
-#: augflow is installed; the id, not the install path, is what the request hash sees.
-BUNDLED_PREFIX = "bundled:"
-BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-
-
-def bundled_models() -> list[str]:
-    """The ``bundled:NAME`` ids this installation ships."""
-    if not BUNDLED_DIR.is_dir():
-        return []
-    found = (p.name for p in BUNDLED_DIR.iterdir() if (p / "model_index.json").is_file())
-    return [BUNDLED_PREFIX + n for n in sorted(found)]
-
-
-def local_model_path(model_id: str) -> Path:
-    """The folder a model id names on this machine (it may not exist: then it is a hub id)."""
-    if not model_id.startswith(BUNDLED_PREFIX):
-        return Path(model_id).expanduser()
-    name = model_id.removeprefix(BUNDLED_PREFIX)
-    if model_id not in bundled_models():
-        raise ModelLoadError(
-            f"model {model_id!r} is not a bundled model; this installation ships: "
-            + (", ".join(bundled_models()) or "none")
-        )
-    return BUNDLED_DIR / name
 
 
 def looks_like_hub_id(model_id: str) -> bool:

@@ -23,7 +23,6 @@ imports torch or diffusers: the driver stays light.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from augflow.models.bundled_ids import local_model_path
 from augflow.schemas.errors import InputError, ModelLoadError, StorageError
 from augflow.schemas.request import AugmentRequest, ModelSpec
 from augflow.tasks import layout
@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 #: leftovers of killed writes older than this are swept; live writes finish well within it
 LITTER_AGE_S = 3600.0
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-#: as in augflow.models.loading: ``bundled:NAME`` is a model shipped inside augflow
-BUNDLED_PREFIX = "bundled:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # A safetensors header is JSON; a few MB is already huge. A larger length means a damaged file.
 _MAX_SAFETENSORS_HEADER = 100 * 2**20
@@ -142,8 +140,7 @@ def _read_first_byte(fs: Any, path: str) -> None:
 
 def check_model(spec: ModelSpec) -> None:
     """The model can be loaded safely, judged from its files without loading any weights."""
-    path = _bundled_folder(spec.id) if spec.id.startswith(BUNDLED_PREFIX) else None
-    path = path or Path(spec.id).expanduser()
+    path = local_model_path(spec.id)
     if path.exists():
         check_model_folder(path)
     elif _HUB_ID.match(spec.id) and not spec.id.startswith((".", "~")):
@@ -153,27 +150,6 @@ def check_model(spec: ModelSpec) -> None:
             f"model {spec.id!r} does not exist as a local folder and is not a hub id "
             "(owner/name); pass the path of a diffusers pipeline folder (with model_index.json)"
         )
-
-
-def _bundled_folder(model_id: str) -> Path:
-    """The folder of a ``bundled:NAME`` model, found the way augflow.models.loading finds it
-    (models/bundled/NAME of this installation) but without importing it: it imports torch."""
-    spec = importlib.util.find_spec("augflow.models")
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    name = model_id.removeprefix(BUNDLED_PREFIX)
-    for root in roots:
-        bundled = Path(root) / "bundled"
-        if name and "/" not in name and (bundled / name / "model_index.json").is_file():
-            return bundled / name
-    shipped = sorted(
-        BUNDLED_PREFIX + p.parent.name
-        for root in roots
-        for p in (Path(root) / "bundled").glob("*/model_index.json")
-    )
-    raise ModelLoadError(
-        f"model {model_id!r} is not a bundled model; this installation ships: "
-        + (", ".join(shipped) or "none")
-    )
 
 
 def check_model_folder(folder: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from augflow.models.loading import BUNDLED_DIR, bundled_models, local_model_path
+from augflow.models.bundled_ids import BUNDLED_DIR, bundled_models, local_model_path
 from augflow.schemas.errors import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -87,3 +87,28 @@ def test_the_gate_and_evaluate_measure_the_proxy_lift(tmp_path: Path) -> None:
     assert good.synthetic == bad.synthetic == 100  # the variants of the 50 train sources
     assert bad.lift["mean"] < good.lift["mean"] - 0.1
     assert bad.lift["ci95"][1] < 0
+
+    # the same measurement from the command line: `augflow evaluate NAME@VERSION --proxy`
+    import json
+
+    from typer.testing import CliRunner
+
+    from augflow.flows.evaluate import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "wrong@latest",
+            "--root",
+            str(root),
+            "--proxy",
+            "--real",
+            str(right),
+            "--seeds",
+            "3",
+            "--json",
+        ],
+    )
+    assert res.exit_code in (0, 1), res.output
+    doc = json.loads(res.stdout)
+    assert doc["proxy"]["lift"]["mean"] == pytest.approx(bad.lift["mean"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from augflow.models.bundled_ids import bundled_models, local_model_path
 from augflow.schemas import parse_request
 from augflow.schemas.errors import InputError, ModelLoadError
 from augflow.tasks import layout
@@ -81,8 +82,8 @@ def _good_model(root: Path) -> Path:
 
 def test_real_models_pass(tiny_model: Path) -> None:
     check_model(parse_request(_body(tiny_model)).model)
-    for bundled in (Path(__file__).parents[2] / "models" / "bundled").iterdir():
-        check_model(parse_request(_body(bundled)).model)
+    for bundled in bundled_models():  # the diffusers pipelines that ship (not features-tiny)
+        check_model(parse_request(_body(local_model_path(bundled))).model)
 
 
 def test_bundled_ids_resolve_to_the_shipped_folders_without_torch() -> None:
