@@ -233,8 +233,9 @@ class AugmentModel:
             )
         images, nan_flags = tensor_to_pil(x)
         outs = []
-        for img, has_nan, ref, src in zip(
-            images, nan_flags, computed.references, sources, strict=True
+        masks = computed.masks or [None] * len(images)
+        for img, has_nan, ref, src, mask in zip(
+            images, nan_flags, computed.references, sources, masks, strict=True
         ):
             png = encode_png(img)
             metrics = compute_metrics(
@@ -245,21 +246,25 @@ class AugmentModel:
                 min_pixel_std=self.request.quality.min_pixel_std,
                 reference=ref,
             )
-            metrics.update(self._effects(img, ref))
+            metrics.update(self._effects(img, ref, mask))
             outs.append(ImageOutput(png, metrics))
         return outs
 
-    def _effects(self, output: Image.Image, reference: Image.Image | None) -> dict[str, Any]:
+    def _effects(
+        self, output: Image.Image, reference: Image.Image | None, mask: Image.Image | None = None
+    ) -> dict[str, Any]:
         """The row's effect metrics (models/effects.py), from the image just encoded (PNG is
-        lossless) and the reference the family returned. Null where they do not apply: generate,
-        operations added by plugins, and inpaint (its mask is the family's, not at hand here).
-        A metric that cannot be computed is null too, which the gate's checks count as failing,
-        rather than turning a good output into a quarantined one."""
+        lossless), the reference the family returned and, for inpaint, the mask it painted under.
+        Null where they do not apply: generate, operations added by plugins, and inpaint by a
+        family that did not return its masks. A metric that cannot be computed is null too,
+        which the gate's checks count as failing, rather than turning a good output into a
+        quarantined one."""
         kind = self.op.kind
-        if kind not in EFFECT_OPERATIONS or kind in ("generate", "inpaint") or reference is None:
+        missing = reference is None or (kind == "inpaint" and mask is None)
+        if kind not in EFFECT_OPERATIONS or kind == "generate" or missing:
             return dict.fromkeys(EFFECT_NAMES)
         try:
-            return effect_metrics(kind, output, reference)
+            return effect_metrics(kind, output, reference, mask=mask)
         except Exception as exc:  # any failure is "not measured", which the gate reports
             log.warning("effect metrics of a %s row could not be computed: %s", kind, exc)
             return dict.fromkeys(EFFECT_NAMES)

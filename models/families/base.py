@@ -64,10 +64,12 @@ class ModelContext:
 @dataclass(frozen=True)
 class Computed:
     """A micro-batch's result: ``images`` (B, 3, H, W) in [-1, 1] and, per image, the picture
-    its faithfulness is measured against (None: not measured, e.g. generate)."""
+    its faithfulness is measured against (None: not measured, e.g. generate), and for inpaint the
+    mask each image was painted under (white = repainted), for the effect checks."""
 
     images: torch.Tensor
     references: list[Image.Image | None]
+    masks: list[Image.Image | None] | None = None
 
 
 class Family(Protocol):

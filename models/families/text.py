@@ -208,7 +208,11 @@ class TextLatentFamily:
             call["mask_image"] = pad_multiple(m, self.vae_scale)
             call["height"], call["width"] = xp.shape[-2:]
         out = self.pipe(prompt=prompts, **call).images
-        return Computed(out[..., :h, :w].float() * 2 - 1, list(srcs))
+        return Computed(
+            out[..., :h, :w].float() * 2 - 1,
+            list(srcs),
+            masks=list(masks) if isinstance(op, InpaintOp) else None,
+        )
 
     # --- masks -------------------------------------------------------------------------------
 

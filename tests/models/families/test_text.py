@@ -181,3 +181,17 @@ def test_mask_column_from_parquet(sd_inpaint_dir, tmp_path: Path) -> None:
     bad = make_request(sd_inpaint_dir, {"kind": "inpaint", "mask_column": "nope"}, steps=2)
     out = AugmentModel(bad, "cpu", read_uri=_read)(items[:1], [noise_photo()])
     assert "no column 'nope'" in (out[0].error or "")
+
+
+def test_inpainting_rows_carry_the_effect_metrics_of_their_mask(sd_inpaint_dir, mask_file) -> None:
+    # the family returns the mask it painted under, so the gate can check that the unmasked part
+    # was kept and the masked part changed (models/effects.py)
+    op = {"kind": "inpaint", "prompt": "a hat", "mask": str(mask_file)}
+    model = AugmentModel(make_request(sd_inpaint_dir, op, steps=2), "cpu", read_uri=_read)
+    _, outs = _run(model)
+    for out in outs:
+        m = out.metrics
+        assert m["unmasked_psnr"] is not None and m["masked_psnr"] is not None
+        assert m["color_shift"] is not None
+        # a random tiny model repaints inside the mask far more than outside it
+        assert m["masked_psnr"] < m["unmasked_psnr"]
