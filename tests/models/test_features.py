@@ -1,6 +1,6 @@
 """Feature extractors (models/features.py): the bundled network, the local-CLIP loading path (with
-a tiny random CLIP of the same interface, saved with save_pretrained), the refusals, and the
-training script's reproducibility."""
+a tiny random CLIP of the same interface, saved with save_pretrained) and the refusals. The
+training script is tests/models/training/test_features.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from augflow.models import features as F
 from augflow.models.training.data import load_photo
@@ -176,26 +175,3 @@ def test_torchmetrics_accepts_the_extractor_as_its_feature_module() -> None:
         metric.update(x[4:], real=False)
     assert torch.isfinite(kid.compute()[0])
     assert torch.isfinite(fid.compute())
-
-
-def test_training_script_is_reproducible(tmp_path: Path) -> None:
-    import argparse
-
-    from augflow.models.training import features as T
-
-    def run(name: str) -> Path:
-        out = tmp_path / name
-        args = argparse.Namespace(
-            steps=2, batch=4, lr=1e-3, seed=3, threads=1, log_every=1, save_every=1, eval_n=8,
-            out=str(out), work=str(tmp_path / f"{name}-work"),
-        )  # fmt: skip
-        T.train(args)
-        return out
-
-    a, b = run("a"), run("b")
-    assert (a / F.WEIGHTS_FILE).read_bytes() == (b / F.WEIGHTS_FILE).read_bytes()
-    ext = F.load_feature_extractor(a)
-    assert ext.name == "local:a"
-    assert ext(F.prepare_images([Image.new("RGB", (40, 30), "red")], 64)).shape == (1, 960)
-    log = json.loads((a / "train_log.json").read_text())
-    assert log["steps"] == 2 and "held_out_degradation_r2" in log

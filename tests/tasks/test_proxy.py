@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from augflow.models.proxy import TrainConfig, mean_ci, paired_lift
+from augflow.models.proxy import TrainConfig
 from augflow.models.training.digits import digits_split, load_digits_16
 from augflow.schemas import InputError, parse_request
 from augflow.tasks.proxy import Labelled, proxy_lift, read_real, split_eval
@@ -76,14 +76,6 @@ def test_wrong_labels_on_synthetic_rows_lower_the_lift(digits) -> None:
     assert right.real["per_seed"] == wrong.real["per_seed"]
     assert wrong.lift["mean"] < right.lift["mean"] - 0.1
     assert wrong.lift["ci95"][1] < 0  # half the batch labelled wrongly: clearly harmful
-
-
-def test_summaries_are_t_intervals_of_paired_differences() -> None:
-    s = mean_ci([0.5, 0.7])
-    assert s["mean"] == pytest.approx(0.6)
-    # t(0.975, 1) = 12.706; sd = 0.1414; half = 12.706 * 0.1414 / sqrt(2)
-    assert s["ci95"][1] - 0.6 == pytest.approx(12.706 * 0.14142 / 2**0.5, rel=1e-3)
-    assert paired_lift([0.6, 0.8], [0.5, 0.7])["ci95"] == pytest.approx([0.1, 0.1])
 
 
 def _parquet(path: Path, images: np.ndarray, labels: list[int | None]) -> Path:
