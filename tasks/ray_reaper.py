@@ -178,6 +178,7 @@ def reap_orphans() -> int:
 def _watch() -> None:
     hello = json.loads(sys.stdin.buffer.readline())
     driver, driver_start, roots = hello["driver"], hello["driver_start"], hello["roots"]
+    STATE_DIR.mkdir(parents=True, exist_ok=True)  # however the watchdog was started
     st = _stat(os.getpid())
     me = (os.getpid(), st[1] if st else 0)
     record = _record(driver, driver_start, os.getpid())

@@ -8,7 +8,7 @@ requests accept (multiples of 8). 32×32 would cost four times the compute for n
 source is 8×8.
 
 **The split** is fixed by a seeded permutation (``SPLIT_SEED``) and checked by a digest
-(``SPLIT_DIGEST``; ``tests/bench/test_usefulness.py`` recomputes it):
+(``SPLIT_DIGEST``; ``tests/models/training/test_digits.py`` recomputes it):
 
 - ``test`` (500 images): only ever used to score a trained classifier, once per benchmark arm.
 - ``val`` (300): scores the benchmark's sweep (which settings help); never trains anything.
