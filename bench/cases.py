@@ -275,8 +275,11 @@ def scaling(p: dict[str, Any]) -> dict[str, Any]:
 
 def overhead(p: dict[str, Any]) -> dict[str, Any]:
     """~0-second shards through the pool: what one shard costs augflow (driver + actor + storage)."""
-    from augflow.tasks.execute import committed_results, execute_plan
+    from augflow.tasks.commits import committed_results
+    from augflow.tasks.execute import execute_plan
+    from augflow.tasks.layout import RunLayout
     from augflow.tasks.plan import plan_request
+    from augflow.tasks.storage import Storage
 
     _init_ray(p["ray_cpus"], fake_model=True)
     model = make_sleep(Path(p["tmp"]) / "sleep0", 0.0, 8)
@@ -297,7 +300,7 @@ def overhead(p: dict[str, Any]) -> dict[str, Any]:
         wall = time.time() - t0
         steady = (max(ends) - min(ends)) / max(1, len(ends) - 1)
         t = time.time()
-        committed_results(req, plan)
+        committed_results(Storage(req.output), RunLayout(req.request_hash), plan.shard_ids())
         resume_s = time.time() - t
         res[str(n_shards)] = {
             "workers": p["workers"],
