@@ -95,7 +95,8 @@ def test_a_shard_that_hangs_once_times_out_and_is_retried(tmp_path: Path) -> Non
         str(tmp_path / "out"),
         "hung-once",
         operation={"kind": "generate", "num_images": 4},
-        execution={"workers": 1, "device": "cpu", "max_retries": 2, "shard_timeout_s": 4},
+        # long enough that a healthy shard on a loaded 2-core machine never reaches it
+        execution={"workers": 1, "device": "cpu", "max_retries": 2, "shard_timeout_s": 15},
     )
     thread, box = _run_in_thread(request)
     thread.join(timeout=600)
@@ -110,25 +111,36 @@ def test_a_shard_that_always_hangs_fails_clearly_then_a_rerun_registers_once(
     tokens = add_tokens(tmp_path / "tokens", 10)
     model = make_fault_model(tmp_path / "model", mode="hang", token_dir=str(tokens))
     out = Storage(str(tmp_path / "out"))
-    request = generate_request(
-        model,
-        out.root,
-        "hung-always",
-        operation={"kind": "generate", "num_images": 2},
-        execution={"workers": 1, "device": "cpu", "max_retries": 1, "shard_timeout_s": 3},
-    )
+
+    def request(timeout_s: int) -> Any:
+        return generate_request(
+            model,
+            out.root,
+            "hung-always",
+            operation={"kind": "generate", "num_images": 2},
+            execution={
+                "workers": 1,
+                "device": "cpu",
+                "max_retries": 1,
+                "shard_timeout_s": timeout_s,
+            },
+        )
+
     start = time.monotonic()
-    thread, box = _run_in_thread(request)
+    thread, box = _run_in_thread(request(5))
     thread.join(timeout=600)
     error = box.get("error")
     assert isinstance(error, ExecutionError), box
-    assert "timed out: no result after 3s (execution.shard_timeout_s)" in str(error)
+    assert "timed out: no result after 5s (execution.shard_timeout_s)" in str(error)
     assert len(claimed(tokens)) == 2  # the attempt and its one retry, then it stopped
     assert time.monotonic() - start < 300
     assert list_versions(out, "hung-always") == []
     for token in tokens.iterdir():  # the fault clears
         token.unlink()
-    thread, box = _run_in_thread(request)
+    # the same request (execution settings are not hashed), with room for a healthy shard on a
+    # loaded machine
+    assert request(120).request_hash == request(5).request_hash
+    thread, box = _run_in_thread(request(120))
     thread.join(timeout=600)
     assert "error" not in box, box.get("error")
     assert_one_version(out, "hung-always", 2)

@@ -136,8 +136,8 @@ def test_truncated_and_flipped_real_files_become_rows_or_quarantine_rows() -> No
 
 @pytest.mark.slow
 def test_fuzz_larger_files_and_more_corruptions() -> None:
-    outcomes = _fuzz(size=256, stride=7, flips=1500)
-    assert outcomes["flipped: quarantined"] > 1000
+    outcomes = _fuzz(size=256, stride=13, flips=600)
+    assert outcomes["flipped: quarantined"] > 400
 
 
 def test_the_name_is_never_consulted() -> None:
