@@ -129,8 +129,10 @@ def suite_from_result(gx: Any, name: str, gx_result: dict[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def _gx_logs_quiet() -> Iterator[None]:
-    # GX logs INFO chatter per action; a run's log wants its warnings only.
+def quiet_gx_logs() -> Iterator[None]:
+    # GX logs INFO chatter (per expectation, per action); a run's log wants its warnings only.
+    # Its tqdm bars are switched off through the context's progress_bars config instead of
+    # redirecting stderr, which is process-global and would swallow other threads' output.
     gx_logger = logging.getLogger("great_expectations")
     level = gx_logger.level
     gx_logger.setLevel(logging.WARNING)
@@ -154,7 +156,7 @@ def _run_checkpoint(
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    with _gx_logs_quiet():
+    with quiet_gx_logs():
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(
             globally=False, metric_calculations=False

@@ -10,12 +10,9 @@ Prefect, and GX is imported lazily because its import alone takes seconds.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -26,6 +23,7 @@ from augflow.schemas.errors import InputError, ModelLoadError, StorageError
 from augflow.schemas.quality import QualityCheck, QualityReport
 from augflow.schemas.request import AugmentRequest
 from augflow.schemas.rows import METRIC_COLUMNS, ROW_SCHEMA
+from augflow.tasks.gx_docs import quiet_gx_logs
 from augflow.tasks.layout import RunLayout
 from augflow.tasks.quality_sets import as_quality_check, effect_level, set_level
 from augflow.tasks.storage import Storage
@@ -141,27 +139,13 @@ def _import_gx() -> Any:
     return gx
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # GX logs INFO chatter that does not belong in a flow's logs. Its tqdm bars are switched off
-    # through the context's progress_bars config instead of redirecting stderr, which is
-    # process-global and would swallow other threads' output.
-    gx_logger = logging.getLogger("great_expectations")
-    level = gx_logger.level
-    gx_logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        gx_logger.setLevel(level)
-
-
 def _run_gx(
     request: AugmentRequest, df: pd.DataFrame, expected_rows: int
 ) -> tuple[dict[str, Any], dict[str, _Spec]]:
     gx = _import_gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    with _quiet():
+    with quiet_gx_logs():
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(
             globally=False, metric_calculations=False
