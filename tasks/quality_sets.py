@@ -185,6 +185,8 @@ def iter_source_images(
             pass
 
     for src in sources:
+        if src.rejected is not None:
+            continue  # the listing knows it is unusable (a FIFO would block the read forever)
         if src.row is not None:
             by_file[src.uri].append((src.source_id, src.row))
             continue
