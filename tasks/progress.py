@@ -182,43 +182,46 @@ def open_remote_channel(run: str) -> RemoteChannel:
     return RemoteChannel(actor)
 
 
-@dataclass
-class _WorkerSide:
-    # The channel of the shard this worker reported last. Looked up once per shard (one GCS call):
-    # a long-lived actor serves many runs, and a re-run of a request opens a new channel.
-    shard: tuple[str, str] | None = None
+def rows_reporter(run: str, shard_id: str) -> Callable[[int], None]:
+    """The reporter of one attempt at one shard: call it with each computed micro-batch's rows.
+
+    It goes to this process's listeners when there are any (the flow computing in-process), else
+    to the run's channel when running in a Ray worker. The channel is looked up once per attempt
+    (one GCS call), never cached longer: a long-lived actor serves many runs, and a re-run of the
+    same request opens a new channel under the same name.
+    """
+    looked_up = False
     actor: Any | None = None
 
+    def report(rows: int) -> None:
+        nonlocal looked_up, actor
+        if has_listeners():
+            emit(RowsDone(shard_id, rows))
+            return
+        if not looked_up:
+            actor, looked_up = _channel_actor(run), True
+        if actor is not None:
+            try:
+                actor.add.remote(shard_id, rows)
+            except Exception:  # the driver closed the channel: this attempt is done reporting
+                actor = None
 
-_worker = _WorkerSide()
+    return report
 
 
 def report_rows(run: str, shard_id: str, rows: int) -> None:
-    """Report a computed micro-batch of run ``run``: to this process's listeners when it has any
-    (the flow computing in-process), else to the run's channel when running in a Ray worker."""
-    if has_listeners():
-        emit(RowsDone(shard_id, rows))
-        return
-    actor = _channel_actor(run, shard_id)
-    if actor is not None:
-        try:
-            actor.add.remote(shard_id, rows)
-        except Exception:  # the driver closed the channel: this shard is done reporting
-            _worker.actor = None
+    """Report one micro-batch (a lookup each time; a shard's attempt uses :func:`rows_reporter`)."""
+    rows_reporter(run, shard_id)(rows)
 
 
-def _channel_actor(run: str, shard_id: str) -> Any | None:
-    if _worker.shard == (run, shard_id):
-        return _worker.actor
+def _channel_actor(run: str) -> Any | None:
     ray = sys.modules.get("ray")  # not a Ray worker unless Ray is loaded and initialised
-    actor = None
-    if ray is not None and ray.is_initialized():
-        try:
-            actor = ray.get_actor(channel_name(run))
-        except Exception:
-            actor = None
-    _worker.shard, _worker.actor = (run, shard_id), actor
-    return actor
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return ray.get_actor(channel_name(run))
+    except Exception:
+        return None
 
 
 # --- a view of the events ----------------------------------------------------------------------

@@ -124,8 +124,7 @@ class ShardWorker:
 
     def _progress(self, shard: ShardSpec) -> Callable[[int], None]:
         # per-micro-batch progress for the live display (a no-op when nobody listens)
-        run, sid = self.request.request_hash, shard.shard_id
-        return lambda n: progress.report_rows(run, sid, n)
+        return progress.rows_reporter(self.request.request_hash, shard.shard_id)
 
     # --- inputs -------------------------------------------------------------------------
     def _batches(

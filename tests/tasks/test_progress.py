@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -167,19 +168,42 @@ def test_batches_computed_in_ray_workers_reach_the_driver(ray_local: None) -> No
 
     run = "a" * 64
 
-    @ray.remote(num_cpus=0)
-    def worker(shard: str, batches: int) -> int:
+    def attempt(shard: str, batches: int) -> int:
+        report = progress.rows_reporter(run, shard)  # what the shard worker makes per attempt
         for _ in range(batches):
-            progress.report_rows(run, shard, 4)
+            report(4)
+        # Reports are fire-and-forget; one awaited call behind them (a caller's actor calls run
+        # in order) makes sure they reached the channel before the driver's last drain.
+        with contextlib.suppress(ValueError):
+            ray.get(ray.get_actor(progress.channel_name(run)).add.remote(shard, 0))
         return batches
+
+    worker = ray.remote(num_cpus=0)(attempt)
 
     seen: list[progress.Event] = []
     with progress.listening(seen.append):
         channel = progress.open_remote_channel(run)
         assert ray.get([worker.remote("s1", 3), worker.remote("s2", 2)]) == [3, 2]
         channel.close()  # drains what is still in flight
-    got = sorted((e.shard_id, e.rows) for e in seen if isinstance(e, progress.RowsDone))
+    got = sorted((e.shard_id, e.rows) for e in seen if isinstance(e, progress.RowsDone) and e.rows)
     assert got == [("s1", 4)] * 3 + [("s2", 4)] * 2
+
+    # A long-lived actor computing the same shard again for a re-run (a new channel under the
+    # same name) reports to the new channel, not to the closed one.
+    @ray.remote(num_cpus=0)
+    class Actor:
+        def attempt(self, shard: str, batches: int) -> int:
+            return attempt(shard, batches)
+
+    actor = Actor.remote()
+    for _ in range(2):
+        seen.clear()
+        with progress.listening(seen.append):
+            channel = progress.open_remote_channel(run)
+            assert ray.get(actor.attempt.remote("s1", 2)) == 2
+            channel.close()
+        assert [e.rows for e in seen if isinstance(e, progress.RowsDone) and e.rows] == [4, 4]
+    ray.kill(actor)
     # nobody listening: no channel, and a worker's reports cost one failed lookup per shard
     assert progress.open_remote_channel(run)._actor is None
     assert ray.get(worker.remote("s3", 2)) == 2
