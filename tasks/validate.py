@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import bisect
 import copy
-import json
 import math
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -420,7 +420,7 @@ def _version_results(
         "unexpected_count": nulls,
         "partial_unexpected_list": [None] * k,
         "partial_unexpected_index_list": [{"row_id": None}] * k,
-        "partial_unexpected_counts": [{"value": None, "count": k}] if k else [],
+        "partial_unexpected_counts": _partial_counts([None] * k),
         "unexpected_index_column_names": ["row_id"],
     }
     listed = [rid for rid, size in dup_examples for _ in range(size)][:MAX_EXAMPLES]
@@ -549,21 +549,21 @@ def _merge(total: dict[str, Any], evr: dict[str, Any]) -> None:
         if key in res:
             into[key] = [*(into.get(key) or []), *res[key]][:MAX_EXAMPLES]
     if "partial_unexpected_counts" in res:
-        counts: dict[str, dict[str, Any]] = {}
-        for item in [
-            *(into.get("partial_unexpected_counts") or []),
-            *res["partial_unexpected_counts"],
-        ]:
-            value_key = json.dumps(item.get("value"), sort_keys=True, default=str)
-            if value_key in counts:
-                counts[value_key]["count"] += int(item.get("count") or 0)
-            else:
-                counts[value_key] = {
-                    "value": item.get("value"),
-                    "count": int(item.get("count") or 0),
-                }
-        ranked = sorted(counts.values(), key=lambda c: -int(c["count"]))
-        into["partial_unexpected_counts"] = ranked[:MAX_EXAMPLES]
+        into["partial_unexpected_counts"] = _partial_counts(into["partial_unexpected_list"])
+
+
+def _partial_counts(values: list[Any]) -> list[dict[str, Any]]:
+    # as GX counts them: over the example values (not every unexpected row), most common first
+    # a pair expectation's values are pairs: lists once GX's result went through JSON
+    hashable = [
+        tuple(v.values()) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v
+        for v in values
+    ]
+    try:
+        ranked = sorted(Counter(hashable).most_common(MAX_EXAMPLES), key=lambda x: (-x[1], x[0]))
+    except TypeError:  # values that do not sort together (GX gives up here too)
+        ranked = Counter(hashable).most_common(MAX_EXAMPLES)
+    return [{"value": list(v) if isinstance(v, tuple) else v, "count": n} for v, n in ranked]
 
 
 def _percentages(res: dict[str, Any]) -> None:
