@@ -186,10 +186,9 @@ def _render(
         context.validation_results_store.set(
             key, ExpectationSuiteValidationResultSchema().load(result)
         )
-        context.build_data_docs(
-            site_names=[SITE],
-            resource_identifiers=[key, ExpectationSuiteIdentifier(name=suite.name)],
-        )
+        # both pages, as UpdateDataDocsAction asks (GX's annotation wants one kind per list)
+        pages: list[Any] = [key, ExpectationSuiteIdentifier(name=suite.name)]
+        context.build_data_docs(site_names=[SITE], resource_identifiers=pages)
 
 
 def _upload(storage: Storage, site_dir: Path, prefix: str) -> str:

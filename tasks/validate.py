@@ -42,10 +42,12 @@ from augflow.tasks.storage import Storage
 
 #: How many example row ids a failed check names (in the report and in its one-line summary).
 MAX_EXAMPLES = 5
-#: Most rows the GX suite validates at once. The form checks' memory is bounded by this (a pandas
-#: frame of the metric columns) plus one shard file's metric columns, whatever the version's size;
-#: bigger batches only save GX's fixed cost per batch.
-BATCH_ROWS = 50_000
+#: Most rows the GX suite validates at once. The form checks' memory is bounded by this plus one
+#: shard file's metric columns, whatever the version's size: a batch's frame, GX's work on it and
+#: allocator slack (bench/validate_memory.py, peak RSS over a 1k-row version's: about +10 MB at 5k
+#: rows a batch, +18 MB at 10k, +48 MB at 50k). Each batch costs GX ~0.1 s of fixed work, so
+#: smaller batches are slower: 1M rows take about 4 s of that at 50k rows a batch, 20 s at 5k.
+BATCH_ROWS = 5_000
 #: The checks about the whole version, which no batch can decide alone: computed outside GX
 #: (:class:`_RowIdTally`) and reported as results of their own GX expectations.
 VERSION_CHECKS = ("row_count", "row_id_not_null", "row_id_unique")
@@ -217,6 +219,9 @@ def _run_gx(
         ids.add(table.column("row_id"))
         summed.add(stream.validate(table.to_pandas()))
         del table  # the frame and table of this batch go before the next is read
+        # Arrow's allocator keeps freed blocks for reuse; handing them back keeps the process at
+        # one batch's high-water mark instead of adding the next phases on top of it.
+        pa.default_memory_pool().release_unused()
     repeated = ids.repeated()
     duplicates = _duplicate_row_ids(storage, files, repeated) if len(repeated) else (0, [])
     whole = _version_results(stream.version_configs, ids, duplicates, expected_rows)
