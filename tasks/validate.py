@@ -44,10 +44,9 @@ from augflow.tasks.storage import Storage
 MAX_EXAMPLES = 5
 #: Most rows the GX suite validates at once. The form checks' memory is bounded by this plus one
 #: shard file's metric columns, whatever the version's size: a batch's frame, GX's work on it and
-#: allocator slack (bench/validate_memory.py, peak RSS over a 1k-row version's: about +10 MB at 5k
-#: rows a batch, +18 MB at 10k, +48 MB at 50k). Each batch costs GX ~0.1 s of fixed work, so
-#: smaller batches are slower: 1M rows take about 4 s of that at 50k rows a batch, 20 s at 5k.
-BATCH_ROWS = 5_000
+#: allocator slack, about 2 KB a row of peak RSS. Each batch also costs GX ~0.1-0.2 s of fixed
+#: work, so smaller batches are slower (docs/quality-gate.md, Memory, has the trade-off).
+BATCH_ROWS = 10_000
 #: The checks about the whole version, which no batch can decide alone: computed outside GX
 #: (:class:`_RowIdTally`) and reported as results of their own GX expectations.
 VERSION_CHECKS = ("row_count", "row_id_not_null", "row_id_unique")
