@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_ROOT ?= augflow-data
 
-.PHONY: install test test-fast lint typecheck format demo bench usefulness clean
+.PHONY: install test test-fast lint typecheck format demo bench bench-validate usefulness clean
 
 install: $(STAMP)
 
@@ -56,6 +56,11 @@ demo: install
 bench: install
 	mkdir -p $(DEMO_HOME) && printf 'provider:\n  type: local\n' > $(DEMO_HOME)/ray_bootstrap_config.yaml
 	HOME=$(DEMO_HOME) $(BIN)/python -m bench.run --out bench/results
+
+# Peak memory and time of the quality gate at 1k/100k/1M rows (docs/quality-gate.md, Memory);
+# about 6 min on the shared 2-core VM.
+bench-validate: install
+	$(BIN)/python -m bench.validate_memory
 
 # Does augflow's output help a training job? A proxy classifier on few-shot digits, >= 5 seeds
 # (37 min measured on the shared 2-core VM at load average 18-30). Writes

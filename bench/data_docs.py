@@ -1,12 +1,12 @@
-"""What GX Data Docs add to the quality gate: the Checkpoint re-running the suite, rendering the
-site and uploading it (tasks/gx_docs.py), against the gate without them.
+"""What GX Data Docs add to the quality gate: rendering the gate's summed GX result as a site and
+uploading it (tasks/gx_docs.py), against the gate without them.
 
     python -m bench.data_docs [--rows 16 10000] [--repeats 7]
 
 Per table size, interleaved repeats of (a) the gate as a run calls it (``validate_rows``, which now
 ends with ``publish_data_docs``) and (b) ``publish_data_docs`` alone on the same rows and GX
 result; prints the median and min-max of each and (a)-(b), the gate without Data Docs. Includes:
-building a fresh ephemeral GX context, the Checkpoint run over the metrics table, rendering and
+building a fresh ephemeral GX context, rendering the validation result with GX's page builder and
 writing the site to a local root. Excludes: importing GX (once per process; the gate pays it
 anyway, the first thing this prints) and reading shards (done once per gate, in (a) only).
 """
@@ -87,7 +87,6 @@ def main() -> None:
           f"{float(cold.stdout):.2f} s")  # fmt: skip
 
     from augflow.schemas import parse_request
-    from augflow.schemas.rows import METRIC_COLUMNS
     from augflow.tasks.gx_docs import publish_data_docs
     from augflow.tasks.layout import RunLayout
     from augflow.tasks.storage import Storage
@@ -110,7 +109,6 @@ def main() -> None:
             key = f"{layout.run}/shards/00000.parquet"
             table = _rows(n)
             storage.write_parquet(key, table)
-            df = table.select(METRIC_COLUMNS).to_pandas()
             validate_rows(storage, request, "v1", [key], n, 0, n)  # warm-up: GX import, caches
             gx_result = storage.read_json(layout.quality_json("v1"))["great_expectations"]
             gate, docs = [], []
@@ -119,7 +117,7 @@ def main() -> None:
                 report = validate_rows(storage, request, "v1", [key], n, 0, n)
                 gate.append(time.perf_counter() - t)
                 t = time.perf_counter()
-                assert publish_data_docs(storage, request, "v1", df, gx_result) is not None
+                assert publish_data_docs(storage, request, "v1", gx_result) is not None
                 docs.append(time.perf_counter() - t)
             assert report.passed, report.failed
             without = [g - d for g, d in zip(gate, docs, strict=True)]

@@ -1,13 +1,16 @@
-"""Great Expectations Data Docs for a version: the gate's suite run through a GX Checkpoint with an
-``UpdateDataDocsAction``, and the HTML site it renders stored beside the quality report.
+"""Great Expectations Data Docs for a version: the gate's GX result rendered by GX's own
+``SiteBuilder`` (what a Checkpoint's ``UpdateDataDocsAction`` runs), and the HTML site stored
+beside the quality report.
 
-GX users look for a Checkpoint and Data Docs; the gate's verdict and the Markdown/JSON report stay
-with :mod:`augflow.tasks.validate`. The suite is rebuilt from the GX result the gate already
-produced (each result carries its expectation's type, arguments and ``meta``), so the Data Docs
-show exactly the expectations the gate ran, whatever the gate builds, and this module never needs
-to change when the gate's checks do.
+GX users look for Data Docs; the gate's verdict and the Markdown/JSON report stay with
+:mod:`augflow.tasks.validate`. Both the suite and the validation page are made from the GX result
+the gate already produced, never from the rows again: the gate validates a version batch by batch
+and sums the per-batch results into one (counts are sums over every row), so the Data Docs show
+exactly the expectations the gate ran and the counts it found, at no cost that grows with the
+version, and this module never needs to change when the gate's checks do. Each result carries its
+expectation's type, arguments and ``meta``.
 
-The site is rendered into a temporary folder by GX's own ``SiteBuilder`` and uploaded through
+The site is rendered into a temporary folder and uploaded through
 :class:`~augflow.tasks.storage.Storage` under ``RunLayout.data_docs_dir(version)``, so it lands on
 S3 exactly like the report. Only the pages and the favicon they link are uploaded: GX's pages
 inline their styles and take scripts and CSS from CDNs, and its ``static/`` folder (4 MB of fonts
@@ -23,16 +26,14 @@ Plain functions, no Prefect; GX is imported lazily (the gate has imported it alr
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from augflow.schemas.errors import StorageError
 from augflow.schemas.request import AugmentRequest
@@ -43,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: The Data Docs site GX renders into (one per context, so the name only has to be stable).
 SITE = "augflow"
-#: How many failing row ids a Data Docs page lists per expectation (as the Markdown report).
-MAX_EXAMPLES = 5
 #: Files of the rendered site that are uploaded besides the pages (the only asset pages link).
 _ASSETS = ("static/images/favicon.ico",)
 
@@ -53,29 +52,18 @@ def publish_data_docs(
     storage: Storage,
     request: AugmentRequest,
     version: str,
-    df: pd.DataFrame,
     gx_result: dict[str, Any],
 ) -> str | None:
-    """Run the gate's suite through a Checkpoint over ``df`` and store its Data Docs site.
+    """Render ``gx_result`` as a Data Docs site and store it beside the version's report.
 
     ``gx_result`` is the gate's GX validation result as a JSON dict (what the quality report's
-    ``great_expectations`` field holds); ``df`` the table it validated. Returns the key of the
-    site's ``index.html``, or None when the site could not be made (logged, never raised).
+    ``great_expectations`` field holds). Returns the key of the site's ``index.html``, or None
+    when the site could not be made (logged, never raised).
     """
     layout = RunLayout(request.request_hash)
     try:
         with tempfile.TemporaryDirectory(prefix="augflow-data-docs-") as site_dir:
-            success = _run_checkpoint(request, version, df, gx_result, Path(site_dir))
-            if success != bool(gx_result.get("success")):
-                # Same suite, same rows: a different verdict means GX itself is inconsistent, and
-                # the Data Docs would contradict the report. Say so rather than hide it.
-                log.warning(
-                    "Data Docs of %s@%s: the checkpoint says success=%s, the gate said %s",
-                    request.dataset,
-                    version,
-                    success,
-                    gx_result.get("success"),
-                )
+            _render(request, version, gx_result, Path(site_dir))
             return _upload(storage, Path(site_dir), layout.data_docs_dir(version))
     except Exception as exc:  # the gate has decided; its report is the record
         log.warning(
@@ -142,19 +130,21 @@ def quiet_gx_logs() -> Iterator[None]:
         gx_logger.setLevel(level)
 
 
-def _run_checkpoint(
-    request: AugmentRequest,
-    version: str,
-    df: pd.DataFrame,
-    gx_result: dict[str, Any],
-    site_dir: Path,
-) -> bool:
+def _render(
+    request: AugmentRequest, version: str, gx_result: dict[str, Any], site_dir: Path
+) -> None:
     # Offline by design (no usage analytics); must be set before GX is first imported.
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.expectation_validation_result import (
+        ExpectationSuiteValidationResultSchema,
+    )
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
+    )
 
     with quiet_gx_logs():
         context = gx.get_context(mode="ephemeral")
@@ -172,35 +162,33 @@ def _run_checkpoint(
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
         }
         context.add_data_docs_site(SITE, site)
-        # GX names pages after the data source and asset: `metrics` says what was validated.
-        source = context.data_sources.add_pandas(f"{request.dataset}-{version}")
-        batch_def = source.add_dataframe_asset("metrics").add_batch_definition_whole_dataframe(
-            "all_rows"
-        )
         suite = context.suites.add(suite_from_result(gx, f"augflow-{request.dataset}", gx_result))
-        validation = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"quality-{version}", data=batch_def, suite=suite)
+        # the run name is a folder of the site: the version (the suite names the dataset); GX
+        # names the page after the data source and asset, `<dataset>-<version>` and `metrics`
+        run_id = RunIdentifier(run_name=version, run_time=datetime.now(UTC))
+        source = f"{request.dataset}-{version}"
+        result = copy.deepcopy(gx_result)
+        meta = result.setdefault("meta", {})
+        meta.update(run_id=run_id.to_json_dict(), validation_time=run_id.run_time.isoformat())
+        batch = meta.get("active_batch_definition")
+        if isinstance(batch, dict):
+            meta["active_batch_definition"] = {**batch, "datasource_name": source}
+        for evr in result.get("results", []):
+            kwargs = (evr.get("expectation_config") or {}).get("kwargs") or {}
+            if "batch_id" in kwargs:
+                kwargs["batch_id"] = f"{source}-metrics"
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=ExpectationSuiteIdentifier(name=suite.name),
+            run_id=run_id,
+            batch_identifier=f"{source}-metrics",
         )
-        result_format: dict[str, Any] = {
-            "result_format": "SUMMARY",
-            "partial_unexpected_count": MAX_EXAMPLES,
-        }
-        if "row_id" in df.columns:
-            result_format["unexpected_index_column_names"] = ["row_id"]
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=f"augflow-{uuid.uuid4().hex[:8]}",
-                validation_definitions=[validation],
-                actions=[UpdateDataDocsAction(name="data_docs", site_names=[SITE])],
-                result_format=result_format,
-            )
+        # what a Checkpoint's UpdateDataDocsAction does with a result it has stored
+        context.validation_results_store.set(
+            key, ExpectationSuiteValidationResultSchema().load(result)
         )
-        result = checkpoint.run(
-            batch_parameters={"dataframe": df},
-            # the run name is a folder of the site: the version (the suite names the dataset)
-            run_id=RunIdentifier(run_name=version, run_time=datetime.now(UTC)),
-        )
-    return bool(result.success)
+        # both pages, as UpdateDataDocsAction asks (GX's annotation wants one kind per list)
+        pages: list[Any] = [key, ExpectationSuiteIdentifier(name=suite.name)]
+        context.build_data_docs(site_names=[SITE], resource_identifiers=pages)
 
 
 def _upload(storage: Storage, site_dir: Path, prefix: str) -> str:

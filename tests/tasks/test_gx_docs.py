@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
@@ -177,7 +176,7 @@ def test_data_docs_that_cannot_be_made_leave_the_gate_alone(
         "results": [{"expectation_config": {"type": "expect_no_such_thing", "kwargs": {}}}],
     }
     with caplog.at_level(logging.WARNING, logger="augflow.tasks.gx_docs"):
-        out = publish_data_docs(storage, _request(), "r2", pd.DataFrame({"row_id": ["a"]}), broken)
+        out = publish_data_docs(storage, _request(), "r2", broken)
     assert out is None
     assert "Data Docs of cats@r2 were not written" in caplog.text
     assert "expect_no_such_thing" in caplog.text

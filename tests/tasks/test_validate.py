@@ -272,3 +272,144 @@ def test_effect_thresholds_come_from_the_request(storage: Storage) -> None:
     assert "source_psnr < 101" in str(_check(report, "img2img_not_a_copy").threshold)
     off = _run(storage, rows, _request(effect_checks=False))
     assert off.passed and "img2img_not_a_copy" not in {c.name for c in off.checks}
+
+
+# --- streaming (issue 11 item 4): batches of at most `batch_rows` rows, results summed ----------
+
+
+def _gx_result(storage: Storage, request: AugmentRequest) -> dict[str, Any]:
+    key = RunLayout(request.request_hash).quality_json("r1")
+    return storage.read_json(key)["great_expectations"]
+
+
+def _gx_results(storage: Storage, request: AugmentRequest) -> list[dict[str, Any]]:
+    # the summed GX result per check, without what names one validation (ids, batch ids)
+    data = _gx_result(storage, request)
+    out = []
+    for evr in data["results"]:
+        config = {k: v for k, v in evr["expectation_config"].items() if k != "id"}
+        config["kwargs"] = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
+        out.append({**evr, "expectation_config": config})
+    return out
+
+
+def test_batched_validation_equals_one_batch(storage: Storage) -> None:
+    # 37 rows in 4 files of 10, 10, 10, 7; failures of every kind spread across files, more
+    # failing rows than MAX_EXAMPLES for has_nan
+    rows = [
+        _row(
+            i,
+            has_nan=i % 4 == 1,
+            width=16 if i in (3, 29) else 8,
+            faithfulness_psnr=None if i == 33 else (15.0 if i in (8, 21) else 30.0),
+            pixel_std=0.5 if i == 12 else 60.0,
+        )
+        for i in range(37)
+    ]
+    rows[14] = _row(14, row_id=rows[2]["row_id"])  # a duplicate in another file
+    rows[30] = _row(30, row_id=None)
+    request = _request(min_faithfulness_psnr=20.0, effect_checks=False)
+    files = _write_shards(storage, "runs/r1", rows)
+    assert len(files) == 4
+
+    def gate(batch_rows: int) -> tuple[QualityReport, list[dict[str, Any]], int]:
+        report = validate_rows(storage, request, "r1", files, 37, 0, 37, batch_rows=batch_rows)
+        batches = _gx_result(storage, request)["meta"]["augflow_batches"]
+        return report, _gx_results(storage, request), batches
+
+    whole, whole_gx, n_whole = gate(1_000)
+    assert n_whole == 1
+    failed = {c.name for c in whole.checks if not c.passed}
+    assert failed == {
+        "row_id_not_null",
+        "row_id_unique",
+        "has_nan",
+        "width",
+        "pixel_std",
+        "faithfulness_psnr",
+        "faithfulness_psnr_present",
+    }
+    assert _check(whole, "has_nan").failed_rows == 9
+    assert len(_check(whole, "has_nan").examples) == 5
+    # 3 rows a batch cuts every file; 7 gathers two files into a batch and cuts them
+    for batch_rows, batches in ((3, 13), (7, 6), (10, 4)):
+        report, gx, n = gate(batch_rows)
+        assert n == batches, batch_rows
+        assert [c.model_dump() for c in report.checks] == [c.model_dump() for c in whole.checks]
+        assert report.failed == whole.failed
+        assert gx == whole_gx, batch_rows
+        assert report.statistics["gx_statistics"] == whole.statistics["gx_statistics"]
+
+
+def test_a_row_id_shared_across_shard_files_is_caught_and_named(storage: Storage) -> None:
+    rows = [_row(i) for i in range(25)]
+    rows[23] = _row(23, row_id=rows[4]["row_id"])  # file 0 and file 2
+    rows[17] = _row(17, row_id=rows[4]["row_id"])  # and file 1: three rows hold it
+    rows[20] = _row(20, row_id=rows[11]["row_id"])  # files 1 and 2
+    files = _write_shards(storage, "runs/r1", rows)
+    report = validate_rows(storage, _request(), "r1", files, 25, 0, 25, batch_rows=5)
+    check = _check(report, "row_id_unique")
+    assert not check.passed
+    assert check.failed_rows == 5
+    assert check.examples == [rows[4]["row_id"], rows[11]["row_id"]]  # in row order
+    assert [f.split(":")[0] for f in report.failed] == ["row_id_unique"]
+    assert report.failed[0].startswith("row_id_unique: 5 of 25 rows share a row_id")
+    assert f"e.g. row {rows[4]['row_id'][:12]}" in report.failed[0]
+    gx = {
+        e["expectation_config"]["meta"]["augflow_check"]: e
+        for e in _gx_results(storage, _request())
+    }
+    assert gx["row_id_unique"]["result"]["partial_unexpected_counts"] == [
+        {"value": rows[4]["row_id"], "count": 3},
+        {"value": rows[11]["row_id"], "count": 2},
+    ]
+    # the same ids each in one row again: nothing left to name
+    rows[23], rows[17], rows[20] = _row(23), _row(17), _row(20)
+    assert _run(storage, rows).passed
+
+
+def test_a_null_row_id_is_caught_and_not_taken_for_a_duplicate(storage: Storage) -> None:
+    rows = [_row(i) for i in range(25)]
+    rows[7] = _row(7, row_id=None)
+    rows[18] = _row(18, row_id=None)
+    files = _write_shards(storage, "runs/r1", rows)
+    report = validate_rows(storage, _request(), "r1", files, 25, 0, 25, batch_rows=4)
+    assert [f.split(":")[0] for f in report.failed] == ["row_id_not_null"]
+    assert report.failed[0] == "row_id_not_null: 2 of 25 rows have no row_id"
+    assert _check(report, "row_id_not_null").failed_rows == 2
+    assert _check(report, "row_id_unique").passed
+
+
+def test_row_count_is_the_sum_over_batches_either_way(storage: Storage) -> None:
+    rows = [_row(i) for i in range(23)]
+    files = _write_shards(storage, "runs/r1", rows)
+    short = validate_rows(storage, _request(), "r1", files, 24, 0, 24, batch_rows=4)
+    assert [f.split(":")[0] for f in short.failed] == ["row_count"]
+    assert _check(short, "row_count").observed == 23
+    assert "required exactly 24 rows (the manifest count); found 23" in short.failed[0]
+    # more rows than the manifest said (the digests outgrow their buffer): counted, and a
+    # duplicate among the extra rows is still found
+    rows[22] = _row(22, row_id=rows[21]["row_id"])
+    files = _write_shards(storage, "runs/r1", rows)
+    extra = validate_rows(storage, _request(), "r1", files, 2, 0, 2, batch_rows=4)
+    assert {f.split(":")[0] for f in extra.failed} == {"row_count", "row_id_unique"}
+    assert _check(extra, "row_count").observed == 23
+    assert _check(extra, "row_id_unique").examples == [rows[21]["row_id"]]
+
+
+def test_a_first_digest_collision_is_not_a_duplicate(storage: Storage) -> None:
+    # every row's first digest handed over as repeated, as if all of them collided: the second,
+    # independent digest must clear them all
+    from augflow.tasks.validate import _digests, _duplicate_row_ids
+
+    rows = [_row(i) for i in range(25)]
+    files = _write_shards(storage, "runs/r1", rows)
+    ids = np.array([r["row_id"] for r in rows], dtype=object)
+    assert _duplicate_row_ids(storage, files, np.unique(_digests(ids, 0))) == (0, [])
+    rows[9] = _row(9, row_id=rows[3]["row_id"])
+    files = _write_shards(storage, "runs/r1", rows)
+    ids = np.array([r["row_id"] for r in rows], dtype=object)
+    assert _duplicate_row_ids(storage, files, np.unique(_digests(ids, 0))) == (
+        2,
+        [(rows[3]["row_id"], 2)],
+    )
