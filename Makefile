@@ -35,8 +35,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Fault injection (timers, killed processes) and the two-node Ray cluster (`ray start` makes it
+# the machine's default cluster for a while) run alone; the rest on TEST_WORKERS processes
+# (pytest-xdist), each with its own Prefect server, Ray and object store: most tests wait on
+# servers and subprocesses, so two of them share 2 cores well.
+SERIAL_TESTS := tests/faults tests/tasks/test_ray_cluster.py
+TEST_WORKERS ?= 2
+
 test: install lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(SERIAL_TESTS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(addprefix --ignore=,$(SERIAL_TESTS))
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -133,3 +133,52 @@ def test_every_threshold_is_a_request_field_and_unset_fields_keep_the_hash() -> 
         "5e8a40093297b31c43f82319fbfa4093670e9008c8d9137a87108220a5600e88"
     )
     assert parse_request({**base, "quality": {"max_kid": 0.1}}).request_hash != request.request_hash
+
+
+def test_effect_column_summary_is_exact_when_small_and_bounded_when_large() -> None:
+    from augflow.tasks.quality_sets import _ColumnSummary
+
+    rng = np.random.default_rng(7)
+    small = rng.normal(30, 5, 999)
+    exact = _ColumnSummary(capacity=1000)
+    for part in np.array_split(small, 7):
+        exact.add(part)
+    got = exact.metrics("psnr")
+    assert got == {
+        "psnr_min": small.min(),
+        "psnr_median": float(np.median(small)),
+        "psnr_max": small.max(),
+    }
+
+    big = rng.exponential(2.0, 300_000)  # skewed: a mean would be far from the median
+    sampled = _ColumnSummary(capacity=5_000)
+    for part in np.array_split(big, 60):  # shard by shard
+        sampled.add(part)
+    got = sampled.metrics("x")
+    assert len(sampled._sample) == 5_000 and sampled.seen == len(big)
+    assert (got["x_min"], got["x_max"]) == (big.min(), big.max())
+    # the sample's median sits within a percentile of the true one
+    rank = float(np.mean(big < got["x_median"]))
+    assert abs(rank - 0.5) < 0.01, rank
+
+
+def test_a_reference_folder_holding_a_fifo_is_read_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    from augflow.tasks.quality_sets import iter_source_images, reference_sources
+
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    for k in range(3):
+        Image.fromarray(_photo(2000 + k)).save(folder / f"ref{k}.png")
+    os.mkfifo(folder / "a-pipe.png")  # opening it for reading would wait for a writer forever
+    request = parse_request(
+        {
+            "dataset": "faces",
+            "operation": {"kind": "generate", "num_images": 4},
+            "model": {"id": "tiny"},
+            "quality": {"reference": str(folder)},
+        }
+    )
+    seen = [i for ids, _ in iter_source_images(reference_sources(request)) for i in ids]
+    assert sorted(seen) == ["ref0.png", "ref1.png", "ref2.png"]
