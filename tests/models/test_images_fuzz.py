@@ -124,9 +124,10 @@ def _fuzz(size: int, stride: int, flips: int) -> Counter[str]:
 
 
 def test_truncated_and_flipped_real_files_become_rows_or_quarantine_rows() -> None:
-    # every offset of every file (about 40 KB of files), plus 150 random corruptions of each
-    outcomes = _fuzz(size=48, stride=1, flips=150)
-    assert outcomes["truncated: quarantined"] > 30_000
+    # every third offset of every file (about 40 KB of files), plus 150 random corruptions of
+    # each (every offset: 3x the CI time for no failure the stride-3 run does not also find)
+    outcomes = _fuzz(size=48, stride=3, flips=150)
+    assert outcomes["truncated: quarantined"] > 10_000
     # the untouched files: still pictures are rows, animations are quarantined by name
     assert outcomes["gif-animated: whole quarantined"] == 1
     assert outcomes["apng: whole quarantined"] == outcomes["webp-animated: whole quarantined"] == 1
@@ -136,8 +137,8 @@ def test_truncated_and_flipped_real_files_become_rows_or_quarantine_rows() -> No
 
 @pytest.mark.slow
 def test_fuzz_larger_files_and_more_corruptions() -> None:
-    outcomes = _fuzz(size=256, stride=13, flips=600)
-    assert outcomes["flipped: quarantined"] > 400
+    outcomes = _fuzz(size=256, stride=41, flips=250)
+    assert outcomes["flipped: quarantined"] > 160
 
 
 def test_the_name_is_never_consulted() -> None:
