@@ -38,13 +38,14 @@ format: install
 # Fault injection (timers, killed processes) and the two-node Ray cluster (`ray start` makes it
 # the machine's default cluster for a while) run alone; the rest on TEST_WORKERS processes
 # (pytest-xdist), each with its own Prefect server, Ray and object store: most tests wait on
-# servers and subprocesses, so two of them share 2 cores well.
+# servers and subprocesses, so two of them share 2 cores well; an idle worker takes queued tests
+# from a busy one (worksteal), so a run of slow end-to-end tests does not end on one worker.
 SERIAL_TESTS := tests/faults tests/tasks/test_ray_cluster.py
 TEST_WORKERS ?= 2
 
 test: install lint typecheck
 	$(BIN)/python -m pytest $(SERIAL_TESTS)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(addprefix --ignore=,$(SERIAL_TESTS))
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(addprefix --ignore=,$(SERIAL_TESTS))
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
