@@ -35,6 +35,7 @@ from torch import nn
 
 from augflow.models.effects import as_rgb_array, psnr_db
 from augflow.models.features import FeatureExtractor, prepare_images
+from augflow.models.reservoir import Reservoir
 
 ImageLike = Image.Image | np.ndarray
 
@@ -586,33 +587,6 @@ class PrecomputedFeatures(nn.Module):
         return features
 
 
-class _Reservoir:
-    """A uniform random sample of at most ``capacity`` rows of a stream (Vitter's algorithm R),
-    seeded, so the same stream always keeps the same rows."""
-
-    def __init__(self, capacity: int, dim: int, seed: int) -> None:
-        self.capacity = int(capacity)
-        self._buf = np.zeros((self.capacity, dim), dtype=np.float32)
-        self.filled = 0
-        self.seen = 0
-        self._rng = np.random.default_rng(seed)
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._buf[: self.filled]
-
-    def add(self, rows: np.ndarray) -> None:
-        for row in rows:
-            self.seen += 1
-            if self.filled < self.capacity:
-                self._buf[self.filled] = row
-                self.filled += 1
-            else:
-                k = int(self._rng.integers(self.seen))
-                if k < self.capacity:
-                    self._buf[k] = row
-
-
 class _Moments:
     """Running count, sum and sum of squared norms: the mean pairwise squared distance."""
 
@@ -694,8 +668,8 @@ class FeatureStats:
         )
         self._fid.set_dtype(torch.float64)
         self._res = {
-            True: _Reservoir(reservoir, self.dim, seed),
-            False: _Reservoir(reservoir, self.dim, seed + 1),
+            True: Reservoir(reservoir, self.dim, seed),
+            False: Reservoir(reservoir, self.dim, seed + 1),
         }
         self._mom = {True: _Moments(self.dim), False: _Moments(self.dim)}
 

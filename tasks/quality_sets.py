@@ -25,6 +25,7 @@ from PIL import Image
 
 from augflow.models.effects import EffectThresholds, effect_checks
 from augflow.models.images import ImageRejected, decode_image
+from augflow.models.reservoir import Reservoir
 from augflow.schemas.errors import StorageError
 from augflow.schemas.quality import QualityCheck
 from augflow.schemas.records import SourceItem
@@ -75,40 +76,30 @@ MEDIAN_SAMPLE = 100_000
 
 class _ColumnSummary:
     """Min, max and median of a column streamed shard by shard, in bounded memory: min and max
-    exact, the median from a reservoir of at most :data:`MEDIAN_SAMPLE` values (8 bytes each)."""
+    exact, the median from a :class:`~augflow.models.reservoir.Reservoir` of at most
+    :data:`MEDIAN_SAMPLE` values."""
 
     def __init__(self, capacity: int = MEDIAN_SAMPLE, seed: int = 0) -> None:
-        self.capacity = capacity
-        self.seen = 0
         self.low, self.high = math.inf, -math.inf
-        self._sample = np.empty(0, dtype=np.float64)
-        self._rng = np.random.default_rng(seed)
+        self._sample = Reservoir(capacity, 1, seed, dtype=np.float64)
+
+    @property
+    def seen(self) -> int:
+        return self._sample.seen
 
     def add(self, values: np.ndarray) -> None:
         if not len(values):
             return
         self.low = min(self.low, float(values.min()))
         self.high = max(self.high, float(values.max()))
-        room = self.capacity - len(self._sample)
-        if room > 0:
-            self._sample = np.concatenate([self._sample, values[:room]])
-            self.seen += min(room, len(values))
-            values = values[room:]
-        if len(values):
-            # reservoir sampling (Algorithm R), vectorised: value i of the stream replaces a random
-            # slot with probability capacity / (its position + 1)
-            positions = self.seen + np.arange(1, len(values) + 1)
-            slots = (self._rng.random(len(values)) * positions).astype(np.int64)
-            keep = slots < self.capacity
-            self._sample[slots[keep]] = values[keep]
-            self.seen += len(values)
+        self._sample.add(values)
 
     def metrics(self, name: str) -> dict[str, float]:
-        if not len(self._sample):
+        if not self._sample.filled:
             return {}
         return {
             f"{name}_min": self.low,
-            f"{name}_median": float(np.median(self._sample)),
+            f"{name}_median": float(np.median(self._sample.data)),
             f"{name}_max": self.high,
         }
 

@@ -155,7 +155,7 @@ def test_effect_column_summary_is_exact_when_small_and_bounded_when_large() -> N
     for part in np.array_split(big, 60):  # shard by shard
         sampled.add(part)
     got = sampled.metrics("x")
-    assert len(sampled._sample) == 5_000 and sampled.seen == len(big)
+    assert sampled._sample.filled == 5_000 and sampled.seen == len(big)
     assert (got["x_min"], got["x_max"]) == (big.min(), big.max())
     # the sample's median sits within a percentile of the true one
     rank = float(np.mean(big < got["x_median"]))
