@@ -209,11 +209,6 @@ def rows_reporter(run: str, shard_id: str) -> Callable[[int], None]:
     return report
 
 
-def report_rows(run: str, shard_id: str, rows: int) -> None:
-    """Report one micro-batch (a lookup each time; a shard's attempt uses :func:`rows_reporter`)."""
-    rows_reporter(run, shard_id)(rows)
-
-
 def _channel_actor(run: str) -> Any | None:
     ray = sys.modules.get("ray")  # not a Ray worker unless Ray is loaded and initialised
     if ray is None or not ray.is_initialized():

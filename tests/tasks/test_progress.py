@@ -131,11 +131,11 @@ def test_tracker_counts_batches_then_shards_and_times_only_computed_rows() -> No
     assert t.rate() == rate and t.phase == "validating"
 
 
-def test_report_rows_reaches_a_listener_in_this_process() -> None:
+def test_a_reporter_reaches_a_listener_in_this_process() -> None:
     seen: list[progress.Event] = []
-    progress.report_rows("f" * 64, "s1", 3)  # nobody listens, no Ray: a no-op
+    progress.rows_reporter("f" * 64, "s1")(3)  # nobody listens, no Ray: a no-op
     with progress.listening(seen.append):
-        progress.report_rows("f" * 64, "s1", 2)
+        progress.rows_reporter("f" * 64, "s1")(2)
     assert seen == [progress.RowsDone("s1", 2)]
 
 
