@@ -1,6 +1,6 @@
-"""Great Expectations Data Docs for a version: the gate's GX result rendered by GX's own
-``SiteBuilder`` (what a Checkpoint's ``UpdateDataDocsAction`` runs), and the HTML site stored
-beside the quality report.
+"""Great Expectations Data Docs for a version: the gate's GX result rendered by a Checkpoint's
+``UpdateDataDocsAction`` into a ``SiteBuilder`` site, and the HTML stored beside the quality
+report.
 
 GX users look for Data Docs; the gate's verdict and the Markdown/JSON report stay with
 :mod:`augflow.tasks.validate`. Both the suite and the validation page are made from the GX result
@@ -136,6 +136,7 @@ def _render(
     # Offline by design (no usage analytics); must be set before GX is first imported.
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     import great_expectations as gx
+    from great_expectations.checkpoint.checkpoint import CheckpointResult
     from great_expectations.core.expectation_validation_result import (
         ExpectationSuiteValidationResultSchema,
     )
@@ -182,13 +183,42 @@ def _render(
             run_id=run_id,
             batch_identifier=f"{source}-metrics",
         )
-        # what a Checkpoint's UpdateDataDocsAction does with a result it has stored
-        context.validation_results_store.set(
-            key, ExpectationSuiteValidationResultSchema().load(result)
+        validation_result = ExpectationSuiteValidationResultSchema().load(result)
+        # What the gate's Checkpoint's validation did with each batch's result: store it, so the
+        # action can render it. The action is the Checkpoint's own; run on the result the
+        # Checkpoint's batches add up to (run() would validate rows again).
+        context.validation_results_store.set(key, validation_result)
+        checkpoint = _docs_checkpoint(gx, context, source, suite)
+        outcome = CheckpointResult(
+            run_id=run_id, run_results={key: validation_result}, checkpoint_config=checkpoint
         )
-        # both pages, as UpdateDataDocsAction asks (GX's annotation wants one kind per list)
-        pages: list[Any] = [key, ExpectationSuiteIdentifier(name=suite.name)]
-        context.build_data_docs(site_names=[SITE], resource_identifiers=pages)
+        for action in checkpoint.actions:
+            # as Checkpoint.run does: the action renders through this Checkpoint's context, not
+            # whichever GX context another thread made current last
+            action._data_context = context
+            action.run(checkpoint_result=outcome)
+
+
+def _docs_checkpoint(gx: Any, context: Any, source: str, suite: Any) -> Any:
+    """A Checkpoint like the gate's, on the same kind of batch, whose action is
+    ``UpdateDataDocsAction`` for :data:`SITE`."""
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    batch_def = (
+        context.data_sources.add_pandas(source)
+        .add_dataframe_asset("metrics")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name=source, data=batch_def, suite=suite)
+    )
+    return context.checkpoints.add(
+        gx.Checkpoint(
+            name=source,
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[SITE])],
+        )
+    )
 
 
 def _upload(storage: Storage, site_dir: Path, prefix: str) -> str:

@@ -168,8 +168,13 @@ def _import_gx() -> Any:
 
 
 class _GxStream:
-    """One ephemeral GX context and suite that validates batch after batch: building them costs
-    more than validating a small batch."""
+    """One ephemeral GX context whose Checkpoint validates batch after batch: building the
+    context, suite and Checkpoint costs more than validating a small batch.
+
+    The Checkpoint has no actions: its per-batch results are parts of one validation, summed by
+    :class:`_GxSum`; the Data Docs come from the sum, through a Checkpoint whose
+    ``UpdateDataDocsAction`` renders it (:mod:`augflow.tasks.gx_docs`).
+    """
 
     def __init__(self, request: AugmentRequest, expected_rows: int) -> None:
         gx = _import_gx()
@@ -182,23 +187,35 @@ class _GxStream:
             )
             name = f"augflow-{uuid.uuid4().hex[:8]}"
             asset = self._context.data_sources.add_pandas(name).add_dataframe_asset("metrics")
-            self._batch_def = asset.add_batch_definition_whole_dataframe("all_rows")
+            batch_def = asset.add_batch_definition_whole_dataframe("all_rows")
             suite, self.specs, self.version_configs = _build_suite(gx, request, expected_rows)
-            self._suite = self._context.suites.add(suite)
+            suite = self._context.suites.add(suite)
+            validation = self._context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch_def, suite=suite)
+            )
+            self._checkpoint = self._context.checkpoints.add(
+                gx.Checkpoint(
+                    name=name,
+                    validation_definitions=[validation],
+                    actions=[],
+                    # SUMMARY keeps the report bounded for millions of rows: counts plus a few
+                    # example rows, identified by row_id rather than by a DataFrame index nobody
+                    # can look up.
+                    result_format={
+                        "result_format": "SUMMARY",
+                        "unexpected_index_column_names": ["row_id"],
+                        "partial_unexpected_count": MAX_EXAMPLES,
+                    },
+                )
+            )
 
     def validate(self, df: pd.DataFrame) -> dict[str, Any]:
         with quiet_gx_logs():
-            batch = self._batch_def.get_batch(batch_parameters={"dataframe": df})
-            # SUMMARY keeps the report bounded for millions of rows: counts plus a few example
-            # rows, identified by row_id rather than by a DataFrame index nobody can look up.
-            result = batch.validate(
-                self._suite,
-                result_format={
-                    "result_format": "SUMMARY",
-                    "unexpected_index_column_names": ["row_id"],
-                    "partial_unexpected_count": MAX_EXAMPLES,
-                },
-            )
+            outcome = self._checkpoint.run(batch_parameters={"dataframe": df})
+        ((key, result),) = outcome.run_results.items()
+        # The validation stores each batch's result in the context's store; the sum is the
+        # record, so a batch's copy goes at once and memory stays flat over many batches.
+        self._context.validation_results_store.remove_key(key)
         return _json_safe(result.to_json_dict())
 
 

@@ -110,6 +110,10 @@ def test_data_docs_of_a_failed_gate_sit_beside_its_report_and_name_every_check(
     assert not report.passed
 
     layout = RunLayout(request.request_hash)
+    # the suite ran through a Checkpoint: GX stamps the result it returns with the Checkpoint's
+    # and the validation definition's ids (a bare batch.validate sets neither)
+    meta = storage.read_json(layout.quality_json("r1"))["great_expectations"]["meta"]
+    assert meta["checkpoint_id"] and meta["validation_id"]
     index_key = layout.data_docs_index("r1")
     assert data_docs_beside(report.report_key) == index_key
     assert index_key.startswith(layout.quality_dir("r1") + "/")
