@@ -7,7 +7,6 @@ A fresh process per case keeps Ray, Prefect and peak-RSS numbers of one case out
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import tempfile
@@ -21,7 +20,6 @@ from bench.common import (
     make_unet_model,
     quiet_env,
     self_peak_rss_mb,
-    steady_rate,
 )
 
 quiet_env()
@@ -73,151 +71,6 @@ def make_sleep(path: str | Path, seconds_per_batch: float, side: int = 8) -> Pat
     from bench.fake_model import make_sleep_model
 
     return make_sleep_model(path, seconds_per_batch, side)
-
-
-# --- 1. efficiency -----------------------------------------------------------------------------
-
-
-def eff_bare(p: dict[str, Any]) -> dict[str, Any]:
-    """The job as a user would write it: one process, the diffusers pipeline, PNGs to Parquet."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import torch
-    from diffusers import DDIMPipeline
-
-    torch.set_num_threads(p["threads"])
-    t0 = time.time()
-    pipe = DDIMPipeline.from_pretrained(p["model"], use_safetensors=True, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    t_loaded = time.time()
-    n, bs = p["n"], p["batch"]
-    events, rows = [], []
-    for first in range(0, n, bs):
-        ids = list(range(first, min(n, first + bs)))
-        gens = [torch.Generator().manual_seed(p.get("seed", 0) + i) for i in ids]
-        with torch.inference_mode():
-            images = pipe(
-                batch_size=len(ids), generator=gens, num_inference_steps=p["steps"]
-            ).images
-        for i, img in zip(ids, images, strict=True):
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            rows.append({"id": i, "image": {"bytes": buf.getvalue(), "path": f"{i}.png"}})
-        events.append((time.time(), len(ids)))
-    pq.write_table(pa.Table.from_pylist(rows), Path(p["out"]) / "bare.parquet")
-    return {
-        "load_s": t_loaded - t0,
-        "steady_images_per_s": steady_rate(events),
-        "in_process_s": time.time() - t0,
-    }
-
-
-def eff_augflow(p: dict[str, Any]) -> dict[str, Any]:
-    """augflow end to end: the real flow (Prefect ephemeral server), a Ray actor pool, GX, registry."""
-    from augflow.flows.augment import augment
-    from augflow.tasks import progress
-
-    # One CPU for the pool: one actor with p["threads"] intra-op threads, like the other variants.
-    _init_ray(p["threads"])
-    request = _request(Path(p["model"]), p["out"], p["n"], p)
-    events: list[tuple[float, int]] = []
-    t0 = time.time()
-
-    def on_event(event: progress.Event) -> None:
-        if isinstance(event, progress.ShardResult):
-            events.append((time.time(), event.num_rows))
-
-    with progress.listening(on_event):
-        state = augment(request, return_state=True)
-    outcome = state.result()
-    wall = time.time() - t0
-    return {
-        "flow_s": wall,
-        "steady_images_per_s": steady_rate(events),
-        "status": outcome.status,
-        "num_rows": outcome.num_rows,
-        "shards": len(events),
-        "task_runs": _task_runs(state.state_details.flow_run_id),
-    }
-
-
-def _task_runs(flow_run_id: Any) -> int:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return len(runs)
-
-
-class _RayDataGen:
-    """The peer's callable: one pipeline per actor, a batch of ids in, PNG bytes out."""
-
-    def __init__(self, model: str, steps: int, threads: int, seed: int) -> None:
-        import torch
-        from diffusers import DDIMPipeline
-
-        torch.set_num_threads(threads)
-        self.pipe = DDIMPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.steps, self.seed = steps, seed
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
-        import torch
-
-        ids = [int(i) for i in batch["id"]]
-        gens = [torch.Generator().manual_seed(self.seed + i) for i in ids]
-        with torch.inference_mode():
-            images = self.pipe(
-                batch_size=len(ids), generator=gens, num_inference_steps=self.steps
-            ).images
-        pngs = []
-        for img in images:
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            pngs.append(buf.getvalue())
-        return {
-            "id": np.asarray(ids),
-            "image": np.asarray(pngs, dtype=object),
-            "t_done": np.full(len(ids), time.time()),
-        }
-
-
-def eff_raydata(p: dict[str, Any]) -> dict[str, Any]:
-    """The peer: ray.data.range → map_batches(actor pool of 1) → write_parquet."""
-    import pyarrow.parquet as pq
-    import ray
-
-    _init_ray(p["threads"] + 1)  # +1 CPU for Ray Data's read/write tasks beside the actor
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    t0 = time.time()
-    out = str(Path(p["out"]) / "raydata")
-    ray.data.range(p["n"], override_num_blocks=max(1, p["n"] // p["batch"])).map_batches(
-        _RayDataGen,
-        fn_constructor_kwargs={
-            "model": p["model"],
-            "steps": p["steps"],
-            "threads": p["threads"],
-            "seed": p.get("seed", 0),
-        },
-        batch_size=p["batch"],
-        concurrency=1,
-        num_cpus=p["threads"],
-    ).write_parquet(out)
-    wall = time.time() - t0
-    t = pq.read_table(out, columns=["t_done"]).column("t_done").to_pylist()
-    counts: dict[float, int] = {}
-    for v in t:
-        counts[v] = counts.get(v, 0) + 1
-    return {
-        "pipeline_s": wall,
-        "steady_images_per_s": steady_rate(list(counts.items())),
-        "num_rows": len(t),
-    }
 
 
 # --- 2. orchestration scaling --------------------------------------------------------------------
@@ -316,6 +169,17 @@ def overhead(p: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def _task_runs(flow_run_id: Any) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return len(runs)
+
+
 # --- 3. memory ------------------------------------------------------------------------------------
 
 
@@ -395,21 +259,94 @@ def storage(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- 5. the GPU critical path, simulated ------------------------------------------------------
+
+
+def overlap(p: dict[str, Any]) -> dict[str, Any]:
+    """A fake "device" (the sleep model: ``seconds`` per micro-batch of ``batch`` images at
+    ``side``x``side``, no CPU) with real PNG encoding and per-row metrics, through ShardWorker with
+    two shards in flight (as an actor runs them). Device busy = time asleep / wall, from the second
+    micro-batch to the last one. encode_threads 0 is the behaviour before overlap (encoding inside
+    the compute lock); interleaved repeats."""
+    import concurrent.futures as cf
+    import statistics
+
+    import numpy as np
+    from PIL import Image
+
+    import augflow.models.runner as runner
+    from augflow.tasks import shard_worker
+    from augflow.tasks.plan import plan_request
+    from bench.fake_model import register
+
+    register()
+    model = Path(p["tmp"]) / "sleep-gpu"
+    from bench.fake_model import make_sleep_model
+
+    make_sleep_model(model, p["seconds"], p["side"], pattern="smooth")
+
+    # what one image costs the CPU after the device: PNG + metrics, one thread, median of 5
+    probe = shard_worker.ShardWorker(
+        _request(model, str(Path(p["tmp"]) / "probe"), p["batch"], p, image_size=p["side"]),
+        device="cpu",
+    )
+    arr = (probe.model.family.pipe._base(p["side"], p["side"]).permute(1, 2, 0).numpy() + 1) * 127.5
+    img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))
+    costs = []
+    for _ in range(5):
+        t = time.perf_counter()
+        png = runner.encode_png(img)
+        runner.compute_metrics(
+            png,
+            faithfulness=probe.model.op.faithfulness,
+            expected_size=(p["side"], p["side"]),
+            has_nan=False,
+            min_pixel_std=2.0,
+        )
+        costs.append(time.perf_counter() - t)
+    per_image = statistics.median(costs)
+
+    runs: dict[str, list[float]] = {str(k): [] for k in p["encode_threads"]}
+    walls: dict[str, list[float]] = {str(k): [] for k in p["encode_threads"]}
+    for rep in range(p["repeats"]):
+        for k in p["encode_threads"]:
+            out = str(Path(p["tmp"]) / f"run-{rep}-{k}")
+            req = _request(model, out, p["n"], p, image_size=p["side"])
+            worker = shard_worker.ShardWorker(req, device="cpu", encode_threads=k)
+            pipe = worker.model.family.pipe
+            pipe.busy.clear()
+            t0 = time.perf_counter()
+            with cf.ThreadPoolExecutor(2) as pool:  # the actor's two shards in flight
+                list(pool.map(worker.process, plan_request(req).shards))
+            walls[str(k)].append(time.perf_counter() - t0)
+            spans = sorted(pipe.busy)[1:]
+            window = spans[-1][1] - spans[0][0]
+            runs[str(k)].append(sum(e - s for s, e in spans) / window)
+    batch_s = p["seconds"]
+    return {
+        "encode_and_metrics_s_per_image": per_image,
+        "png_bytes_per_image": len(png),
+        "raw_bytes_per_image": p["side"] * p["side"] * 3,
+        # encode threads needed to keep up with the device at 95 % busy
+        "cores_needed_for_95": 0.95 * per_image * p["batch"] / batch_s,
+        "device_busy": runs,
+        "walls_s": walls,  # per encode-thread setting ("wall_s" is the process wall)
+    }
+
+
 CASES = {
-    "eff_bare": eff_bare,
-    "eff_augflow": eff_augflow,
-    "eff_raydata": eff_raydata,
     "scaling": scaling,
     "overhead": overhead,
     "memory": memory,
     "storage": storage,
+    "overlap": overlap,
 }
 
 
 def main() -> None:
     case, params = sys.argv[1], json.loads(sys.argv[2])
     params.setdefault("tmp", tempfile.mkdtemp(prefix=f"augflow-bench-{case}-"))
-    if case.startswith("eff_") or case == "storage":
+    if case == "storage":
         params["model"] = str(make_unet_model(Path(params["model_dir"]) / "unet64"))
     result = CASES[case](params)
     Path(params["result_file"]).write_text(json.dumps(result))

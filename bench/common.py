@@ -47,15 +47,21 @@ def make_unet_model(path: str | Path) -> Path:
     return path
 
 
-def steady_rate(events: list[tuple[float, int]]) -> float | None:
-    """Items/s between the first and the last completion (start-up and the first unit excluded).
+def steady_rate(events: list[tuple[float, int]], parallel: int = 1) -> float | None:
+    """Items/s in steady state: start-up and the first unit of each of ``parallel`` workers
+    excluded.
 
-    ``events`` are (completion time, items completed) for each unit (batch or shard).
+    ``events`` are (completion time, items completed) for each unit (batch or shard). With
+    ``parallel`` workers the clock starts at the ``parallel``-th completion and counts only the
+    units after it: starting at the first completion and counting every later unit would credit
+    the other workers' first units, computed before the window, to it (two actors finishing their
+    first shards together would look 1.5x as fast at 4 shards).
     """
     ev = sorted(events)
-    if len(ev) < 2 or ev[-1][0] <= ev[0][0]:
+    k = max(1, parallel)
+    if len(ev) <= k or ev[-1][0] <= ev[k - 1][0]:
         return None
-    return sum(n for _, n in ev[1:]) / (ev[-1][0] - ev[0][0])
+    return sum(n for _, n in ev[k:]) / (ev[-1][0] - ev[k - 1][0])
 
 
 def full_pool_window(spans: list[tuple[float, float]], size: int) -> tuple[float, float] | None:
@@ -89,6 +95,7 @@ class ActorMemory:
 
     def __init__(self, marker: str = "ray::_ShardActor", every: float = 0.2) -> None:
         self.marker = marker.encode()
+        self.root = os.getpid()  # only actors of the Ray this process started count
         self.every = every
         self.peak_mb: dict[int, float] = {}
         self._stop = threading.Event()
@@ -115,6 +122,8 @@ class ActorMemory:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     if not f.read().startswith(self.marker):
                         continue
+                if not _descends_from(int(pid), self.root):  # another run's actor on this box
+                    continue
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:
                         if line.startswith("VmHWM:"):
@@ -122,6 +131,20 @@ class ActorMemory:
                             self.peak_mb[int(pid)] = max(self.peak_mb.get(int(pid), 0.0), mb)
             except OSError:
                 continue
+
+
+def _descends_from(pid: int, root: int) -> bool:
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid == root:
+            return True
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                pid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        except (OSError, StopIteration, ValueError):
+            return False
+        seen += 1
+    return False
 
 
 def now() -> float:

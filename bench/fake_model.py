@@ -9,12 +9,19 @@ worker registers it before it builds an actor (:func:`ray_runtime_env`).
 
 So orchestration benchmarks measure everything augflow does around a model — actors, storage,
 commit markers — with the model's cost fixed and known. It does ``generate`` only and returns
-seeded noise images (not blank, so the quality gate passes). No weights, no scheduler.
+seeded images (not blank, so the quality gate passes). No weights, no scheduler.
+
+``pattern``: ``noise`` (uniform noise per image: the worst case for PNG, and made with a little
+CPU per image) or ``smooth`` (one low-frequency picture with a light texture, made once per size
+and rolled per image: compresses like a photo, ~50 % of raw, and costs almost no CPU to make — the
+simulated-GPU benchmark's "device" must not use the CPU the encoder needs). Each call records when
+it slept (``busy``) so a benchmark can measure how busy the "device" was.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +42,21 @@ SETUP_HOOK = "bench.fake_model.register"
 class SleepPipeline(DiffusionPipeline):
     """``pipe(generators, (w, h))`` sleeps ``seconds_per_batch`` and returns (B,3,h,w) in [-1, 1]."""
 
-    def __init__(self, seconds_per_batch: float = 0.0, sample_size: int = 8) -> None:
+    def __init__(
+        self, seconds_per_batch: float = 0.0, sample_size: int = 8, pattern: str = "noise"
+    ) -> None:
         super().__init__()
+        if pattern not in ("noise", "smooth"):
+            raise ValueError(f"pattern must be 'noise' or 'smooth', not {pattern!r}")
         self.register_to_config(
-            seconds_per_batch=float(seconds_per_batch), sample_size=int(sample_size)
+            seconds_per_batch=float(seconds_per_batch),
+            sample_size=int(sample_size),
+            pattern=pattern,
         )
+        #: (start, end) of every sleep, i.e. when the simulated device was busy
+        self.busy: list[tuple[float, float]] = []
+        self._bases: dict[tuple[int, int], torch.Tensor] = {}
+        self._lock = threading.Lock()
 
     @torch.inference_mode()
     def __call__(
@@ -47,17 +64,39 @@ class SleepPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         w, h = size or (self.config.sample_size, self.config.sample_size)
         if self.config.seconds_per_batch > 0:
+            start = time.perf_counter()
             time.sleep(self.config.seconds_per_batch)
-        images = [torch.rand((3, h, w), generator=g) * 2 - 1 for g in generator]
-        return torch.stack(images) if images else torch.empty((0, 3, h, w))
+            self.busy.append((start, time.perf_counter()))
+        if not generator:
+            return torch.empty((0, 3, h, w))
+        if getattr(self.config, "pattern", "noise") == "smooth":
+            base = self._base(h, w)
+            shifts = [int(g.initial_seed() % (h * w)) for g in generator]
+            return torch.stack([base.roll((s // w, s % w), dims=(1, 2)) for s in shifts])
+        return torch.stack([torch.rand((3, h, w), generator=g) * 2 - 1 for g in generator])
+
+    def _base(self, h: int, w: int) -> torch.Tensor:
+        """A photo-like picture: smooth colour fields plus a light, fixed texture."""
+        with self._lock:
+            if (h, w) not in self._bases:
+                g = torch.Generator().manual_seed(h * 100_003 + w)
+                coarse = torch.rand((1, 3, max(2, h // 32), max(2, w // 32)), generator=g)
+                smooth = torch.nn.functional.interpolate(
+                    coarse, size=(h, w), mode="bicubic", align_corners=False
+                )[0]
+                texture = torch.randn((3, h, w), generator=g) * 0.02
+                self._bases[(h, w)] = (smooth * 2 - 1 + texture).clamp(-1, 1)
+            return self._bases[(h, w)]
 
 
 def make_sleep_model(
-    path: str | Path, seconds_per_batch: float = 0.0, sample_size: int = 8
+    path: str | Path, seconds_per_batch: float = 0.0, sample_size: int = 8, pattern: str = "noise"
 ) -> Path:
     """Save a SleepPipeline folder at ``path`` and return the path."""
     path = Path(path)
-    SleepPipeline(seconds_per_batch, sample_size).save_pretrained(path, safe_serialization=True)
+    SleepPipeline(seconds_per_batch, sample_size, pattern).save_pretrained(
+        path, safe_serialization=True
+    )
     return path
 
 

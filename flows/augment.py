@@ -1,10 +1,18 @@
-"""The augment flow: plan → execute → validate → register, with artifacts. Composition only."""
+"""The augment flow: plan → execute → validate → register, with artifacts. Composition only.
+
+Right after planning, the flow starts the shard pool (Ray, the actors — warm ones where the
+cluster keeps them — and the first shards) and the background import of the quality gate's
+library, so checking the registry and the Prefect bookkeeping overlap the actors' start-up; the
+execute step attaches to that pool. ``augflow run`` starts all of this even before the flow
+(:mod:`augflow.flows.startup`), and then these calls find it running.
+"""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from augflow.flows.artifacts import publish_artifacts
+from augflow.flows.startup import warm_up_validation
 from augflow.flows.steps import (
     execute_step,
     find_registered_step,
@@ -14,9 +22,9 @@ from augflow.flows.steps import (
     validate_step,
 )
 from augflow.schemas.errors import QualityGateError
-from augflow.schemas.records import RunOutcome
+from augflow.schemas.records import Plan, RunOutcome
 from augflow.schemas.request import AugmentRequest
-from augflow.tasks import layout
+from augflow.tasks import execute, layout
 from augflow.tasks.storage import Storage
 
 
@@ -24,6 +32,16 @@ from augflow.tasks.storage import Storage
 def augment(request: AugmentRequest) -> RunOutcome:
     """Turn one dataset request into a registered, quality-checked dataset version."""
     plan = plan_step(request)
+    execute.start_early(request, plan)
+    warm_up_validation()
+    try:
+        return _after_plan(request, plan)
+    finally:
+        # a pool the execute step did not take (already registered, or an earlier step failed)
+        execute.cancel_early(request)
+
+
+def _after_plan(request: AugmentRequest, plan: Plan) -> RunOutcome:
     storage = Storage(request.output)
     existing = find_registered_step(request, plan)
     if existing is not None:

@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from augflow.flows.evaluate import evaluate as evaluate_command
+from augflow.flows.worker import worker as _worker
 
 # augflow talks to nothing but its own services: no telemetry from the local Prefect server Prefect
 # starts when no API URL is set, no usage stats from Ray. Users can still opt in explicitly.
@@ -41,6 +42,7 @@ app = typer.Typer(help="Batch data augmentation with diffusion models.", no_args
 datasets_app = typer.Typer(help="Registered dataset versions.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.command("evaluate")(evaluate_command)  # issue 11: flows/evaluate.py
+app.command()(_worker)  # issue 14: `augflow worker`, a Prefect worker with warm actors
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -374,6 +376,10 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
         # Output root, inputs and model are checked before Prefect (seconds just to import) and
         # Ray start, so a run that cannot succeed fails in about a second.
         preflight(request)
+        # issue 14: Ray, the actors and the first shards start before Prefect is imported
+        from augflow.flows.startup import start_early
+
+        start_early(request)
         from augflow.flows.augment import augment
 
         with _Display(ui_err, request.dataset) as display, progress.listening(display):

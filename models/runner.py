@@ -13,18 +13,27 @@ companions depend only on the request and its shard, never on how many workers t
 image has its own ``torch.Generator`` seeded from ``WorkItem.seed``, so its noise never depends on
 its companions; its arithmetic can (convolutions pick other algorithms and reduction orders for
 other batch shapes: ~1e-6 between a batch of 4 and four batches of 1 on CPU, enough to flip a
-rounded pixel after many steps), which is why the micro-batch is a hashed request field, and 1 by
-default on CPU (see :mod:`augflow.models.speed`).
+rounded pixel after many steps), which is why the micro-batch is a hashed request field; its
+default depends only on the device kind and the model (see :mod:`augflow.models.speed`).
 
 A CUDA out-of-memory error halves the micro-batch (for the rest of the actor's life) and retries;
 any other error in a micro-batch retries it item by item, so one bad item becomes one failed
 output instead of failing the shard.
+
+Encoding overlaps compute: a micro-batch's images leave the device as uint8 arrays, and their PNG
+encoding and per-row metrics run on ``encode_threads`` CPU threads while the next micro-batch
+computes (:meth:`AugmentModel.submit` returns before they finish). On a GPU that keeps the device
+from waiting for the CPU on every batch; 0 threads (the CPU default, where compute and encoding
+share the same cores) encodes inline. Encoding never changes a byte: same arrays, same encoder.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +50,17 @@ from augflow.models.families.sr3 import SR3Family
 from augflow.models.families.text import TextLatentFamily
 from augflow.models.families.unet import UNetFamily
 from augflow.models.families.upscalers import UpscalerFamily
-from augflow.models.images import encode_png, tensor_to_pil
-from augflow.models.loading import load_pipeline
+from augflow.models.images import encode_png, tensor_to_uint8
+from augflow.models.loading import LoadedPipeline, load_pipeline
 from augflow.models.metrics import compute_metrics
-from augflow.models.speed import SpeedOptions, apply_speedups, is_cuda_oom, release_cuda_memory
+from augflow.models.speed import (
+    SpeedOptions,
+    apply_speedups,
+    is_cuda_oom,
+    release_cuda_memory,
+    uncompiled,
+    unet_pixels,
+)
 from augflow.schemas.errors import ModelLoadError
 from augflow.schemas.records import WorkItem
 from augflow.schemas.request import AugmentRequest
@@ -93,11 +109,31 @@ class ImageOutput:
     error: str | None = None
 
 
+class PendingOutputs:
+    """The outputs of one :meth:`AugmentModel.submit` call: computed, maybe still encoding."""
+
+    def __init__(self, slots: list[Future[ImageOutput]]) -> None:
+        self._slots = slots
+
+    def result(self) -> list[ImageOutput]:
+        """Wait for the encodings; one output per item, in call order."""
+        return [f.result() for f in self._slots]
+
+
+def _done(out: ImageOutput) -> Future[ImageOutput]:
+    f: Future[ImageOutput] = Future()
+    f.set_result(out)
+    return f
+
+
 class AugmentModel:
     """Holds one loaded pipeline for one request; call it with batches of work items.
 
     ``read_uri`` reads the bytes behind a URI for families that need more than the sources (an
     inpainting mask); the caller injects it so models/ never depends on the storage layer.
+    ``loaded`` is a pipeline an earlier AugmentModel of the same model, device and compute
+    settings loaded (a warm actor serving its next request); None loads ``request.model``.
+    ``encode_threads`` > 0 encodes PNGs and metrics on that many threads, overlapping compute.
     """
 
     def __init__(
@@ -106,17 +142,26 @@ class AugmentModel:
         device: str = "auto",
         *,
         read_uri: UriReader | None = None,
+        loaded: LoadedPipeline | None = None,
+        encode_threads: int = 0,
     ) -> None:
         self.request = request
         self.op = request.operation
-        loaded = load_pipeline(request.model, device)
+        if loaded is None:
+            loaded = load_pipeline(request.model, device)
+        else:
+            uncompiled(loaded.pipeline)
+        #: what was loaded, for a warm actor to hand to the next request of the same model
+        self.loaded = loaded
         self.pipeline = loaded.pipeline
         self.model_id = loaded.model_id
         self.model_revision = loaded.revision
         self.scheduler_name = loaded.scheduler_name
         self.device = loaded.device
         self.dtype = loaded.dtype
-        self.speed = SpeedOptions.resolve(request.compute, self.device)
+        self.speed = SpeedOptions.resolve(
+            request.compute, self.device, unet_pixels(self.pipeline, request.image_size)
+        )
         #: images per model call; halved for good by a CUDA out-of-memory error
         self.micro_batch = self.speed.micro_batch
         family_cls = family_for(self.pipeline, self.model_id)
@@ -135,6 +180,13 @@ class AugmentModel:
         # after the checks: they look at the real module classes, which compile wraps
         self.speed_settings = apply_speedups(self.family.pipe, self.speed)
         self.speed_settings["micro_batch"] = self.micro_batch
+        self._encoder = (
+            ThreadPoolExecutor(max_workers=encode_threads, thread_name_prefix="augflow-encode")
+            if encode_threads > 0
+            else None
+        )
+        #: when the first micro-batch came off the device (time.time()), for start-up reports
+        self.first_batch_done_at: float | None = None
 
     @property
     def steps(self) -> int:
@@ -160,14 +212,27 @@ class AugmentModel:
     ) -> list[ImageOutput]:
         """Outputs in item order; ``on_batch(n)`` is called after each micro-batch of n items
         (progress reporting)."""
+        return self.submit(items, sources, on_batch).result()
+
+    def submit(
+        self,
+        items: Sequence[WorkItem],
+        sources: Sequence[Image.Image | None],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> PendingOutputs:
+        """Compute every item; returns once the device work is done, while PNG encoding and
+        metrics may still run on the encode threads (``result()`` waits for them).
+        ``on_batch(n)`` is called after each micro-batch of n items leaves the device."""
         if len(items) != len(sources):
             raise ValueError(f"{len(items)} items but {len(sources)} sources")
         op = self.op
-        results: list[ImageOutput | None] = [None] * len(items)
+        results: list[Future[ImageOutput] | None] = [None] * len(items)
         groups: dict[tuple[int, int] | None, list[int]] = {}
         for i, src in enumerate(sources):
             if op.takes_inputs and src is None:
-                results[i] = ImageOutput(None, None, "no source image was given for this item")
+                results[i] = _done(
+                    ImageOutput(None, None, "no source image was given for this item")
+                )
                 continue
             # outputs of a micro-batch share a size: group by source size unless it is fixed
             key = None if src is None or op.size_rule == "native" else src.size
@@ -181,14 +246,14 @@ class AugmentModel:
                 k += len(chunk)
                 if on_batch is not None:
                     on_batch(len(chunk))
-        return [r for r in results if r is not None]
+        return PendingOutputs([r for r in results if r is not None])
 
     def _run_isolated(
         self,
         idx: list[int],
         items: Sequence[WorkItem],
         sources: Sequence[Image.Image | None],
-        results: list[ImageOutput | None],
+        results: list[Future[ImageOutput] | None],
     ) -> None:
         """Run a micro-batch; if it fails, retry item by item so one bad item does not sink the
         rest. A CUDA out-of-memory error is not the items' fault: the micro-batch is split in
@@ -214,15 +279,17 @@ class AugmentModel:
                     self._run_isolated([i], items, sources, results)
                 return
             log.warning("item %s failed in the model: %s", items[idx[0]].row_id, exc)
-            results[idx[0]] = ImageOutput(None, None, f"{type(exc).__name__}: {exc}")
+            results[idx[0]] = _done(ImageOutput(None, None, f"{type(exc).__name__}: {exc}"))
             return
-        for i, out in zip(idx, outs, strict=True):
-            results[i] = out
+        for i, job in zip(idx, outs, strict=True):
+            results[i] = self._encoder.submit(job) if self._encoder else _done(job())
 
     @torch.inference_mode()
     def _run_chunk(
         self, items: list[WorkItem], sources: list[Image.Image | None]
-    ) -> list[ImageOutput]:
+    ) -> list[Callable[[], ImageOutput]]:
+        """Compute one micro-batch; returns one encoding job per item (run inline or on the
+        encode threads). Moving the images to host memory is the only wait on the device."""
         gens = [torch.Generator(self.device).manual_seed(it.seed) for it in items]
         computed = self.family.compute(items, sources, gens)
         x = computed.images
@@ -231,24 +298,51 @@ class AugmentModel:
                 f"family {self.family.name!r} returned images of shape {tuple(x.shape)}; "
                 f"expected ({len(items)}, 3, H, W)"
             )
-        images, nan_flags = tensor_to_pil(x)
-        outs = []
-        masks = computed.masks or [None] * len(images)
-        for img, has_nan, ref, src, mask in zip(
-            images, nan_flags, computed.references, sources, masks, strict=True
-        ):
+        arrays, nan_flags = tensor_to_uint8(x)
+        if self.first_batch_done_at is None:
+            self.first_batch_done_at = time.time()
+        masks = computed.masks or [None] * len(arrays)
+        return [
+            functools.partial(
+                self._encode,
+                arr,
+                has_nan,
+                ref,
+                None if src is None else src.size,
+                item.row_id,
+                mask,
+            )
+            for arr, has_nan, ref, src, item, mask in zip(
+                arrays, nan_flags, computed.references, sources, items, masks, strict=True
+            )
+        ]
+
+    def _encode(
+        self,
+        arr: Any,
+        has_nan: bool,
+        reference: Image.Image | None,
+        source_size: tuple[int, int] | None,
+        row_id: str,
+        mask: Image.Image | None = None,
+    ) -> ImageOutput:
+        """PNG bytes and per-row metrics of one computed image; a failure fails this item only."""
+        try:
+            img = Image.fromarray(arr)
             png = encode_png(img)
             metrics = compute_metrics(
                 png,
                 faithfulness=self.op.faithfulness,
-                expected_size=self.expected_size(None if src is None else src.size),
+                expected_size=self.expected_size(source_size),
                 has_nan=has_nan,
                 min_pixel_std=self.request.quality.min_pixel_std,
-                reference=ref,
+                reference=reference,
             )
-            metrics.update(self._effects(img, ref, mask))
-            outs.append(ImageOutput(png, metrics))
-        return outs
+            metrics.update(self._effects(img, reference, mask))
+        except Exception as exc:
+            log.warning("item %s failed to encode: %s", row_id, exc)
+            return ImageOutput(None, None, f"{type(exc).__name__}: {exc}")
+        return ImageOutput(png, metrics)
 
     def _effects(
         self, output: Image.Image, reference: Image.Image | None, mask: Image.Image | None = None

@@ -164,9 +164,10 @@ class RemoteChannel:
         self._actor = None
 
 
-def open_remote_channel(run: str) -> RemoteChannel:
-    """Open run ``run``'s channel (call with Ray initialised); a no-op when nobody listens."""
-    if not has_listeners():
+def open_remote_channel(run: str, *, always: bool = False) -> RemoteChannel:
+    """Open run ``run``'s channel (call with Ray initialised); a no-op when nobody listens,
+    unless ``always`` (a pool started before its listeners attach: issue 14's early start)."""
+    if not (always or has_listeners()):
         return RemoteChannel(None)
     import ray
 

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from augflow.models.images import MAX_FILE_BYTES, Decoded, DecodeLimits, decode_within
-from augflow.models.runner import AugmentModel
+from augflow.models.loading import LoadedPipeline
+from augflow.models.runner import AugmentModel, PendingOutputs
 from augflow.schemas.errors import ImageRejected, StorageError
 from augflow.schemas.records import ShardResult, ShardSpec, WorkItem, iter_work_items
 from augflow.schemas.request import AugmentRequest
@@ -41,7 +42,17 @@ log = logging.getLogger(__name__)
 class ShardWorker:
     """Holds one loaded model; turns shards into committed Parquet files."""
 
-    def __init__(self, request: AugmentRequest, device: str | None = None) -> None:
+    def __init__(
+        self,
+        request: AugmentRequest,
+        device: str | None = None,
+        *,
+        loaded: LoadedPipeline | None = None,
+        encode_threads: int = 0,
+        compute_lock: threading.Lock | None = None,
+    ) -> None:
+        # loaded / encode_threads: see AugmentModel (a warm actor's pipeline; overlap encoding).
+        # compute_lock: workers sharing one loaded pipeline (a warm actor) share its lock too.
         self.request = request
         self.storage = Storage(request.output)
         self.layout = RunLayout(request.request_hash)
@@ -49,9 +60,11 @@ class ShardWorker:
             request,
             device=device or request.execution.device,
             read_uri=_read_uri,
+            loaded=loaded,
+            encode_threads=encode_threads,
         )
         # One shard computes at a time: the model holds the device (and on CPU all its threads).
-        self._compute_lock = threading.Lock()
+        self._compute_lock = compute_lock or threading.Lock()
         q = request.quality
         self.limits = DecodeLimits(min_side=q.min_side, max_aspect_ratio=q.max_aspect_ratio)
         self._params = json.dumps(
@@ -66,6 +79,10 @@ class ShardWorker:
             },
             sort_keys=True,
         )
+
+    @property
+    def compute_lock(self) -> threading.Lock:
+        return self._compute_lock
 
     def process(self, shard: ShardSpec) -> ShardResult:
         # Committed and sound: skip. Committed but damaged: recompute and commit again.
@@ -83,17 +100,23 @@ class ShardWorker:
         # shards at once (max_concurrency) one computes while the other reads or uploads.
         sources = self._load_sources(shard)
         notes = {k: v.note for k, v in sources.items() if isinstance(v, Decoded) and v.note}
+        computed: list[tuple[list[WorkItem], PendingOutputs]] = []
         with self._compute_lock:
             for batch, images in self._batches(shard, items, sources, quarantine):
-                outputs = self.model(batch, images, on_batch=self._progress(shard))
-                for item, out in zip(batch, outputs, strict=True):
-                    if out.error is not None or out.png is None:
-                        quarantine.append(
-                            self._quarantine_row(shard, item, "model", out.error or "no output")
-                        )
-                    else:
-                        note = notes.get(item.source_id)
-                        rows.append(self._row(shard, item, out.png, out.metrics or {}, note))
+                pending = self.model.submit(batch, images, on_batch=self._progress(shard))
+                computed.append((batch, pending))
+        # The lock covers the device work only: the next shard computes while this one's last
+        # PNGs encode (on the model's encode threads) and its files upload.
+        for batch, pending in computed:
+            outputs = pending.result()
+            for item, out in zip(batch, outputs, strict=True):
+                if out.error is not None or out.png is None:
+                    quarantine.append(
+                        self._quarantine_row(shard, item, "model", out.error or "no output")
+                    )
+                else:
+                    note = notes.get(item.source_id)
+                    rows.append(self._row(shard, item, out.png, out.metrics or {}, note))
         if self.request.write_image_files:
             for row in rows:
                 self.storage.write_bytes(

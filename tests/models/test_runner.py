@@ -49,7 +49,9 @@ def _pngs(model: AugmentModel, items: Sequence[WorkItem], srcs: Sequence[Any]) -
         {"kind": "upscale", "factor": 2},
     ],
 )
-def test_cpu_default_computes_each_image_alone(ddpm_dir: Path, operation: dict) -> None:
+def test_cpu_default_batches_small_unets_with_a_fixed_composition(
+    ddpm_dir: Path, operation: dict
+) -> None:
     req = make_request(ddpm_dir, operation)
     n_src = 0 if operation["kind"] == "generate" else 2
     items = items_for(req, n_src)
@@ -57,12 +59,17 @@ def test_cpu_default_computes_each_image_alone(ddpm_dir: Path, operation: dict) 
     if operation["kind"] == "upscale":
         srcs = [photo(13, 9, seed=i) for i in range(len(items))]
     model = AugmentModel(req, "cpu")
-    assert model.micro_batch == 1
+    # a 16x16 UNet: 256 pixels, so the default fills calls up to the CPU maximum of 16 images
+    assert model.micro_batch == 16 == model.speed_settings["micro_batch"]
+    rows: list[int] = []
+    model.task_pipeline.unet.register_forward_pre_hook(
+        lambda _m, args: rows.append(args[0].shape[0])
+    )
     whole = _pngs(model, items, srcs)
-    ones = [_pngs(model, [it], [s])[0] for it, s in zip(items, srcs, strict=True)]
-    assert whole == ones
-    again = _pngs(AugmentModel(req, "cpu"), items[::-1], srcs[::-1])[::-1]
-    assert again == whole  # a fresh actor, other order: same bytes
+    assert max(rows) == len(items)  # the whole (small) call in one model call per step
+    explicit = make_request(ddpm_dir, operation, compute={"micro_batch": 16})
+    assert _pngs(AugmentModel(explicit, "cpu"), items, srcs) == whole  # the default is a value
+    assert _pngs(AugmentModel(req, "cpu"), items, srcs) == whole  # a fresh actor: same bytes
 
 
 def test_micro_batches_have_a_fixed_composition(ddpm_dir: Path) -> None:
