@@ -36,7 +36,8 @@ def start_early(request: AugmentRequest) -> None:
     atexit.register(shutdown_quickly)
     prefect = threading.Thread(target=_start_prefect, name="augflow-prefect-start", daemon=True)
     prefect.start()
-    execute.start_early(request, checked=True)
+    # the CLI's progress display attaches once the flow runs: the channel must not wait for it
+    execute.start_early(request, checked=True, listeners_later=True)
     # The flow's first API call would start a second ephemeral server if this one were not up.
     prefect.join()
     warm_up_validation()

@@ -270,10 +270,13 @@ class _Pool:
     started_at: float = field(default_factory=time.time)
 
     @classmethod
-    def start(cls, request: AugmentRequest, pending: list[ShardSpec], early: bool = False) -> _Pool:
-        """Start (or lease) the actors for ``pending`` and open the run's progress channel. An
-        early start opens the channel even before anyone listens: the CLI's display attaches
-        only once the flow runs, and a worker looks for the channel once per shard."""
+    def start(
+        cls, request: AugmentRequest, pending: list[ShardSpec], *, listeners_later: bool = False
+    ) -> _Pool:
+        """Start (or lease) the actors for ``pending`` and open the run's progress channel: when
+        this process has listeners, or ``listeners_later`` says they attach after the pool
+        started (``augflow run`` starts it before its display exists; a worker looks for the
+        channel only once per shard, so opening it later would lose that shard's batches)."""
         layout = pool_layout(request, len(pending))
         s3 = forwarded_settings() if _uses_s3(request) else None
         # The control group answers leases and stats while both compute threads are busy.
@@ -282,7 +285,7 @@ class _Pool:
         args = (request, layout.device, layout.threads, s3, actor_niceness(), layout.encode_threads)
         idle = warm_pool.idle_timeout()
         # Opened before the actors start: their first micro-batches report to it.
-        channel = progress.open_remote_channel(request.request_hash, always=early)
+        channel = progress.open_remote_channel(request.request_hash, always=listeners_later)
         try:
             if idle is not None:
 
@@ -433,8 +436,11 @@ def _actor_options(remote_cls: Any, layout: PoolLayout, **extra: Any) -> Any:
 
 
 class _EarlyStart:
-    def __init__(self, request: AugmentRequest, plan: Plan | None, checked: bool) -> None:
+    def __init__(
+        self, request: AugmentRequest, plan: Plan | None, checked: bool, listeners_later: bool
+    ) -> None:
         self.request, self.plan, self.checked = request, plan, checked
+        self.listeners_later = listeners_later
         self.ready = threading.Event()
         self.pool: _Pool | None = None
 
@@ -453,7 +459,7 @@ class _EarlyStart:
                 if not self.checked:
                     preflight(self.request)  # before Ray, as execute_plan does
                 ensure_ray()
-                pool = _Pool.start(self.request, pending, early=True)
+                pool = _Pool.start(self.request, pending, listeners_later=self.listeners_later)
                 pool.fill_all()
                 self.pool = pool
         except Exception:
@@ -473,11 +479,15 @@ def start_early(
     background: bool = False,
     *,
     checked: bool = False,
+    listeners_later: bool = False,
 ) -> None:
     """Start Ray, the actors and the first shards of ``request`` now; :func:`execute_plan` of the
     same request attaches to them. Plans the request unless ``plan`` is given, and runs the
     preflight checks unless ``checked`` says the caller did. Idempotent until ``execute_plan``
-    attaches; ``background`` runs the start in a thread.
+    attaches; ``background`` runs the start in a thread. ``listeners_later``: progress listeners
+    of this process attach only after this returns (``augflow run``'s display), so the run's
+    progress channel opens now even though nobody listens yet; otherwise it opens only if
+    someone already does (a flow run by a worker has no listener, and no channel to pay for).
 
     Skipped when S3 settings come from a Prefect block: reading one needs the Prefect API, which
     is not up yet when ``augflow run`` calls this.
@@ -488,7 +498,7 @@ def start_early(
     with _early_lock:
         if key in _early:
             return
-        early = _early[key] = _EarlyStart(request, plan, checked)
+        early = _early[key] = _EarlyStart(request, plan, checked, listeners_later)
     if background:
         threading.Thread(target=early.run, name="augflow-early-start", daemon=True).start()
     else:

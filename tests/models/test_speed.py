@@ -31,6 +31,31 @@ def test_cpu_default_gives_a_unet_about_16k_pixels_per_call(pixels: int | None, 
     assert SpeedOptions.resolve(ComputeSpec(), "cpu", unet_pixels=pixels).micro_batch == micro
 
 
+def test_cpu_default_micro_batch_ignores_the_machine(
+    ddpm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bytes follow the micro-batch, so its default may depend on the request and the model only:
+    # not on the cores, the torch threads or the load of whichever machine computes.
+    import os
+
+    import torch
+
+    req = make_request(ddpm_dir, {"kind": "generate", "num_images": 2})
+    threads = torch.get_num_threads()
+    seen = set()
+    try:
+        for cores, n_threads, load in ((1, 1, 30.0), (64, 2, 0.0)):
+            monkeypatch.setattr(os, "cpu_count", lambda c=cores: c)
+            monkeypatch.setattr(os, "sched_getaffinity", lambda _p, c=cores: set(range(c)))
+            monkeypatch.setattr(os, "getloadavg", lambda x=load: (x, x, x))
+            torch.set_num_threads(n_threads)
+            model = AugmentModel(req, "cpu")
+            seen.add((model.micro_batch, model.speed_settings["micro_batch"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {(16, 16)}  # the 16x16 UNet's default, on both "machines"
+
+
 def test_unet_pixels_follow_the_config_and_the_requested_size(ddpm_dir: Path, sd_dir: Path) -> None:
     pixel = AugmentModel(make_request(ddpm_dir, {"kind": "generate", "num_images": 1}), "cpu")
     assert unet_pixels(pixel.pipeline, None) == 16 * 16

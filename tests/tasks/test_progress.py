@@ -207,3 +207,32 @@ def test_batches_computed_in_ray_workers_reach_the_driver(ray_local: None) -> No
     # nobody listening: no channel, and a worker's reports cost one failed lookup per shard
     assert progress.open_remote_channel(run)._actor is None
     assert ray.get(worker.remote("s3", 2)) == 2
+
+
+@pytest.mark.slow
+def test_an_early_pool_opens_its_channel_before_anyone_listens(ray_local: None) -> None:
+    # issue 14's early start: the pool (and its channel) starts before the CLI's display
+    # attaches; batches reported meanwhile wait in the channel and reach the later listener
+    import ray
+
+    run = "b" * 64
+
+    @ray.remote(num_cpus=0)
+    def worker(shard: str, batches: int) -> int:
+        for _ in range(batches):
+            progress.report_rows(run, shard, 2)
+        return batches
+
+    assert not progress.has_listeners()
+    channel = progress.open_remote_channel(run, always=True)
+    try:
+        assert channel._actor is not None
+        assert ray.get(worker.remote("early", 3)) == 3
+        seen: list[progress.Event] = []
+        with progress.listening(seen.append):
+            channel.close()  # the final drain delivers what the worker sent before
+    finally:
+        channel.close()
+    assert [e for e in seen if isinstance(e, progress.RowsDone)] == [
+        progress.RowsDone("early", 2)
+    ] * 3
