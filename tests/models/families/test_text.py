@@ -75,9 +75,11 @@ def test_prompt_template_labels_and_determinism(sd_dir) -> None:
         "class_names": ["cat", "dog"],
         "prompt_template": "a photo of a {label}",
     }
-    request = make_request(sd_dir, op, steps=2, guidance_scale=3.0)
+    # one image per call: computed alone below, an image only keeps its bytes in the same batch
+    # shape (the CPU default would compute these 3 in one call)
+    request = make_request(sd_dir, op, steps=2, guidance_scale=3.0, compute={"micro_batch": 1})
     model = AugmentModel(request, "cpu")
-    items, outs = _run(model)  # 3 images, computed one by one on CPU
+    items, outs = _run(model)  # 3 images, computed one by one
     assert [(it.class_label, it.prompt) for it in items] == [
         (0, "a photo of a cat"),
         (1, "a photo of a dog"),

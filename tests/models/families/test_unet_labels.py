@@ -44,7 +44,9 @@ OPS = [
 
 
 def _labelled(model_dir: Path, op: dict, labels: list[int | None]):
-    req = make_request(model_dir, op)
+    # one image per model call: an item computed in a pair and then alone gets the same bytes
+    # only when the batch shape is the same (the CPU default would batch the pair)
+    req = make_request(model_dir, op, compute={"micro_batch": 1})
     firsts = [it for it in items_for(req, len(labels)) if it.variant == 0]
     items = [
         it.model_copy(update={"class_label": lab}) for it, lab in zip(firsts, labels, strict=True)

@@ -51,7 +51,9 @@ def test_default_steps_and_tiles(ldm_dir) -> None:
 
 def test_x4_tiles_a_large_input_as_the_request_says(x4_dir) -> None:
     op = {"kind": "upscale", "factor": 4, "tile": 16, "tile_overlap": 4}
-    model = AugmentModel(make_request(x4_dir, op, steps=1), "cpu")
+    # one tile per call, to count the tiles (the CPU default batches this small UNet's tiles)
+    one = {"micro_batch": 1}
+    model = AugmentModel(make_request(x4_dir, op, steps=1, compute=one), "cpu")
     pipe = model.task_pipeline
     assert pipe.vae.use_tiling  # the VAE tiles too
     seen: list[tuple[int, ...]] = []
@@ -71,7 +73,7 @@ def test_x4_tiles_a_large_input_as_the_request_says(x4_dir) -> None:
     # seamless enough to still be the same picture: faithful to the input at its own scale
     assert out.metrics is not None and out.metrics["faithfulness_psnr"] is not None
     # the tile fields are part of the request, so another tiling is another request hash
-    untiled = make_request(x4_dir, {"kind": "upscale", "factor": 4}, steps=1)
+    untiled = make_request(x4_dir, {"kind": "upscale", "factor": 4}, steps=1, compute=one)
     assert untiled.request_hash != model.request.request_hash
 
 
