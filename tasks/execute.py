@@ -145,7 +145,10 @@ class _ShardActor:
         # Which node computed it, for reports and the scale-out test; the marker does not hold it.
         return result.model_copy(update={"node_id": ray.get_runtime_context().get_node_id()})
 
-    @ray.method
+    # The readiness probe. In the control group: a threaded actor does not keep submission order,
+    # so in the default group the probe could wait behind a hung shard and its queued successor
+    # (both threads taken); unanswered, the actor would never count as ready and never time out.
+    @ray.method(concurrency_group="control")
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
