@@ -278,8 +278,8 @@ class _Pool:
     ) -> _Pool:
         """Start (or lease) the actors for ``pending`` and open the run's progress channel: when
         this process has listeners, or ``listeners_later`` says they attach after the pool
-        started (``augflow run`` starts it before its display exists; a worker looks for the
-        channel only once per shard, so opening it later would lose that shard's batches)."""
+        started (``augflow run`` starts it before its display exists; a shard attempt looks for the
+        channel once, at its first micro-batch, so opening it later would lose its batches)."""
         layout = pool_layout(request, len(pending))
         s3 = forwarded_settings() if _uses_s3(request) else None
         # The control group answers leases and stats while both compute threads are busy.

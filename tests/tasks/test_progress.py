@@ -211,28 +211,41 @@ def test_batches_computed_in_ray_workers_reach_the_driver(ray_local: None) -> No
 
 @pytest.mark.slow
 def test_an_early_pool_opens_its_channel_before_anyone_listens(ray_local: None) -> None:
-    # issue 14's early start: the pool (and its channel) starts before the CLI's display
-    # attaches; batches reported meanwhile wait in the channel and reach the later listener
+    # issue 14's early start: the pool starts before the CLI's display attaches. A shard attempt
+    # looks its channel up once, at its first micro-batch: the channel must exist by then (always)
+    # or the rest of that attempt's batches never reach the display that attaches meanwhile.
     import ray
 
-    run = "b" * 64
-
     @ray.remote(num_cpus=0)
-    def worker(shard: str, batches: int) -> int:
-        for _ in range(batches):
-            progress.report_rows(run, shard, 2)
-        return batches
+    class Attempt:
+        def __init__(self, run: str) -> None:
+            self.run = run
+            self.report = progress.rows_reporter(run, "s1")
 
-    assert not progress.has_listeners()
-    channel = progress.open_remote_channel(run, always=True)
-    try:
-        assert channel._actor is not None
-        assert ray.get(worker.remote("early", 3)) == 3
+        def batches(self, n: int) -> int:
+            for _ in range(n):
+                self.report(4)
+            # flush the fire-and-forget reports before the driver's last drain (see above)
+            with contextlib.suppress(ValueError):
+                ray.get(ray.get_actor(progress.channel_name(self.run)).add.remote("s1", 0))
+            return n
+
+    got = {}
+    for always in (True, False):
+        run = ("b" if always else "c") * 64
+        assert not progress.has_listeners()
+        channel = progress.open_remote_channel(run, always=always)
+        assert (channel._actor is not None) is always
+        attempt = Attempt.remote(run)  # type: ignore[attr-defined]
+        assert ray.get(attempt.batches.remote(1)) == 1  # the lookup, before anyone listens
         seen: list[progress.Event] = []
         with progress.listening(seen.append):
-            channel.close()  # the final drain delivers what the worker sent before
-    finally:
-        channel.close()
-    assert [e for e in seen if isinstance(e, progress.RowsDone)] == [
-        progress.RowsDone("early", 2)
-    ] * 3
+            late = progress.open_remote_channel(run)  # what a pool started now would open
+            assert ray.get(attempt.batches.remote(3)) == 3
+            channel.close()
+            late.close()
+        ray.kill(attempt)
+        got[always] = [e.rows for e in seen if isinstance(e, progress.RowsDone) and e.rows]
+    # the later batches arrive (the first one may have been drained before the display existed)
+    assert got[True][-3:] == [4, 4, 4] and len(got[True]) in (3, 4)
+    assert got[False] == []  # the attempt found no channel and stopped looking
