@@ -530,7 +530,10 @@ class ComputeSpec(Frozen):
         default=None,
         ge=1,
         le=1024,
-        description="images per model call; default 1 on CPU, 8 on CUDA (a CUDA OOM halves it)",
+        description=(
+            "images per model call; default on CUDA 8 (an out-of-memory error halves it), on CPU "
+            "from the model and request alone (1 to 16: ~16K UNet pixels per call)"
+        ),
     )
     channels_last: bool | None = Field(
         default=None, description="NHWC memory format; default on for CUDA, off for CPU"

@@ -4,6 +4,7 @@ registered version (or, when the fault never clears, a clear failure and nothing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -38,6 +39,22 @@ def _run_in_thread(request: Any) -> tuple[threading.Thread, dict[str, Any]]:
     thread = threading.Thread(target=go)
     thread.start()
     return thread, box
+
+
+def _join(thread: threading.Thread, timeout: float = 300) -> None:
+    """Wait for a flow run in ``thread``; one still running after ``timeout`` (a healthy one
+    takes under a minute) fails the test, and its shard actors are killed until it ends, so a
+    hang costs one test, not every later one queued behind its actors on the shared Ray."""
+    thread.join(timeout=timeout)
+    if not thread.is_alive():
+        return
+    deadline = time.monotonic() + 120
+    while thread.is_alive() and time.monotonic() < deadline:
+        for pid in _our_actor_pids("ray::_ShardActor"):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        thread.join(timeout=2)
+    raise AssertionError(f"the flow run did not finish within {timeout:.0f} s")
 
 
 def _our_actor_pids(title: str) -> list[int]:
@@ -80,7 +97,7 @@ def test_an_actor_killed_mid_shard(tmp_path: Path) -> None:
         )[:1]
         os.kill(victim, signal.SIGKILL)
     finally:
-        thread.join(timeout=600)
+        _join(thread)
     assert "error" not in box, box.get("error")
     assert box["outcome"].status == "registered"
     assert not Path(f"/proc/{victim}").exists()
@@ -99,7 +116,7 @@ def test_a_shard_that_hangs_once_times_out_and_is_retried(tmp_path: Path) -> Non
         execution={"workers": 1, "device": "cpu", "max_retries": 2, "shard_timeout_s": 15},
     )
     thread, box = _run_in_thread(request)
-    thread.join(timeout=600)
+    _join(thread)
     assert "error" not in box, box.get("error")
     assert len(claimed(tokens)) == 1  # the first attempt really hung
     assert_one_version(Storage(str(tmp_path / "out")), "hung-once", 4)
@@ -128,7 +145,7 @@ def test_a_shard_that_always_hangs_fails_clearly_then_a_rerun_registers_once(
 
     start = time.monotonic()
     thread, box = _run_in_thread(request(5))
-    thread.join(timeout=600)
+    _join(thread)
     error = box.get("error")
     assert isinstance(error, ExecutionError), box
     assert "timed out: no result after 5s (execution.shard_timeout_s)" in str(error)
@@ -141,7 +158,7 @@ def test_a_shard_that_always_hangs_fails_clearly_then_a_rerun_registers_once(
     # loaded machine
     assert request(120).request_hash == request(5).request_hash
     thread, box = _run_in_thread(request(120))
-    thread.join(timeout=600)
+    _join(thread)
     assert "error" not in box, box.get("error")
     assert_one_version(out, "hung-always", 2)
 
@@ -176,7 +193,7 @@ def test_an_actor_over_its_memory_is_killed_by_the_kernel_and_the_shard_retried(
             operation={"kind": "generate", "num_images": 4},
         )
         thread, box = _run_in_thread(request)
-        thread.join(timeout=600)
+        _join(thread)
         assert "error" not in box, box.get("error")
         assert len(claimed(tokens)) == 1
         # The kernel's OOM killer, not a Python MemoryError, ended the hog.
