@@ -74,6 +74,21 @@ def test_indexed_search_equals_brute_force() -> None:
     assert len(S.near_pairs(h, 5)[0]) >= 50
 
 
+def test_the_near_pair_search_holds_a_bounded_step_whatever_the_set_size() -> None:
+    # 100k distinct random hashes: ~68M candidate pairs, compared step by step. Each step's
+    # temporaries are sized by _BLOCK_PAIRS, not by the set: 4M-pair steps peaked at ~240 MB.
+    import tracemalloc
+
+    h = np.random.default_rng(3).integers(0, 2**63, size=100_000, dtype=np.int64).astype(np.uint64)
+    tracemalloc.start()
+    try:
+        S.near_pairs(h, 6)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2**20, f"{peak / 2**20:.0f} MB"
+
+
 def test_near_duplicates_of_real_images() -> None:
     tiles = _photo_tiles()[:120]
     ids = [f"row{k:03d}" for k in range(len(tiles))]
