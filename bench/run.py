@@ -349,12 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("warm on-demand", flush=True)
         from bench import warm
 
-        res["warm"] = {
-            mode: warm.run(
-                {**cfg["warm"], "model": e2e.BUNDLED, "mode": mode}, work / f"warm-{mode}", env
-            )
-            for mode in ("serve", "pool")
-        }
+        warm_cfg = {**cfg["warm"], "model": e2e.BUNDLED}
+        res["warm"] = warm.run(warm_cfg, ["serve", "pool"], work / "warm", env)
     if "overlap" in args.only:
         print("overlap (simulated GPU)", flush=True)
         res["overlap"] = run_case("overlap", cfg["overlap"], env)

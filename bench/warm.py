@@ -65,9 +65,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     stop_process_group(proc)
 
 
-def run(p: dict[str, Any], work: Path, base_env: dict[str, str]) -> dict[str, Any]:
-    from augflow.flows.worker import long_lived_ray
-
+def run(
+    p: dict[str, Any], modes: list[str], work: Path, base_env: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each of ``modes`` in turn against one Prefect server and one deployment: the server and
+    the deployment are the same for both modes, so starting them once changes no measurement."""
     work.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     env = {
@@ -76,22 +78,16 @@ def run(p: dict[str, Any], work: Path, base_env: dict[str, str]) -> dict[str, An
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "AUGFLOW_ROOT": str(work / "root"),
     }
-    procs: list[subprocess.Popen[bytes]] = []
-    logs = work / "logs"
-    logs.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        env=env,
+        stdout=(work / "server.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-        procs.append(
-            subprocess.Popen(
-                [*cmd, "--port", str(port)],
-                env=env,
-                stdout=(logs / "server.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
         _wait_http(f"http://127.0.0.1:{port}/api/health")
 
         def prefect(*args: str) -> None:
@@ -106,29 +102,40 @@ def run(p: dict[str, Any], work: Path, base_env: dict[str, str]) -> dict[str, An
 
         prefect("work-pool", "create", "augflow-local", "--type", "process")
         prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect.yaml", "-n", "on-demand")
+        return {mode: _run_mode({**p, "mode": mode}, work / mode, env) for mode in modes}
+    finally:
+        _stop(server)
+
+
+def _run_mode(p: dict[str, Any], work: Path, server_env: dict[str, str]) -> dict[str, Any]:
+    """A long-lived Ray and ``augflow worker`` in ``p["mode"]``, then the requests, one by one."""
+    from augflow.flows.worker import long_lived_ray
+
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**server_env, "AUGFLOW_ROOT": str(work / "root")}
+    worker_proc: subprocess.Popen[bytes] | None = None
+    try:
         with long_lived_ray() as ray_env:
             env.update({k: v for k, v in ray_env.items() if k.startswith("RAY_")})
             worker = [sys.executable, "-m", "augflow.flows.cli", "worker", "--pool"]
             worker += ["augflow-local", "--idle-timeout", str(p["idle_timeout"])]
             if p["mode"] == "serve":
                 worker += ["--serve", "augment/on-demand"]
-            procs.append(
-                subprocess.Popen(
-                    worker,
-                    env=env,
-                    cwd=ROOT,
-                    stdout=(logs / "worker.log").open("wb"),
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            worker_proc = subprocess.Popen(
+                worker,
+                env=env,
+                cwd=ROOT,
+                stdout=(work / "worker.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             requests = _submit_all(p, env, work)
             stats = _actor_stats(env)
-            procs[-1].send_signal(signal.SIGTERM)  # the worker ends its warm actors
-            procs[-1].wait(timeout=120)
+            worker_proc.send_signal(signal.SIGTERM)  # the worker ends its warm actors
+            worker_proc.wait(timeout=120)
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        if worker_proc is not None:
+            _stop(worker_proc)
     by_pid = {a["pid"]: a for a in stats}
     for r in requests:
         for a in stats:
@@ -144,6 +151,16 @@ def run(p: dict[str, Any], work: Path, base_env: dict[str, str]) -> dict[str, An
             for a in by_pid.values()
         ],
     }
+
+
+def _last_json_line(args: list[str], env: dict[str, str], what: str, timeout: float) -> Any:
+    """Run a Python child; its last stdout line is its JSON answer."""
+    proc = subprocess.run(
+        [sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _submit_all(p: dict[str, Any], env: dict[str, str], work: Path) -> list[dict[str, Any]]:
@@ -183,27 +200,10 @@ print(json.dumps(out))
         for i in range(p["requests"])
     ]
     (work / "requests.json").write_text(json.dumps(bodies))
-    proc = subprocess.run(
-        [sys.executable, str(script), str(work / "requests.json")],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"warm submissions failed:\n{proc.stderr[-4000:]}")
-    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+    args = [str(script), str(work / "requests.json")]
+    return list(_last_json_line(args, env, "warm submissions", timeout=3600))
 
 
 def _actor_stats(env: dict[str, str]) -> list[dict[str, Any]]:
-    proc = subprocess.run(
-        [sys.executable, "-c", STATS],
-        env={**env, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"reading warm actor stats failed:\n{proc.stderr[-4000:]}")
-    return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])}
+    return list(_last_json_line(["-c", STATS], env, "reading warm actor stats", timeout=300))

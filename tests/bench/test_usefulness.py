@@ -100,7 +100,7 @@ def test_a_lift_excludes_zero_only_when_its_whole_interval_is_on_one_side() -> N
 
 @pytest.mark.slow
 def test_smoke_run_writes_the_issue_shape_and_never_trains_on_test(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: str
 ) -> None:
     import bench.usefulness as bu
     from bench.usefulness_data import index_of, input_indices, load, read_version
@@ -166,8 +166,13 @@ def test_smoke_run_writes_the_issue_shape_and_never_trains_on_test(
 
 
 @pytest.mark.slow
-def test_the_cli_path_registers_a_version_the_benchmark_reads(tmp_path: Path) -> None:
+def test_the_cli_path_registers_a_version_the_benchmark_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: str
+) -> None:
     from bench.usefulness_augflow import Augflow
+
+    # the CLI subprocess uses this worker's server instead of starting one of its own
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     from bench.usefulness_data import read_version
 
     aug = Augflow(tmp_path, BUNDLED, "cli", workers=1)
