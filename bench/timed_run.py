@@ -2,11 +2,12 @@
 
     python -m bench.timed_run TIMELINE.json run REQUEST.yaml --output ROOT
 
-The console script is ``augflow.flows.cli:app``; this calls the same ``app`` with the same
-arguments in a fresh interpreter, then writes when the process started (from /proc, so the
+The console script is ``augflow.flows.cli:console_main``; this calls the same ``app`` with the
+same arguments in a fresh interpreter, writes when the process started (from /proc, so the
 interpreter's own start-up counts), when each actor started and was ready, when the first
 micro-batch came off the device, when each shard's result reached the flow, and when the CLI
-returned (the version is registered by then).
+returned (the version is registered by then), and ends the process as the console script does
+(``exit_now``).
 The caller times the whole process, exit included.
 """
 
@@ -66,8 +67,9 @@ def main() -> None:
         "phases": phases,
     }
     out.write_text(json.dumps(timeline))
-    if code:
-        raise SystemExit(code)
+    from augflow.flows.process_exit import exit_now
+
+    exit_now(code)  # as the console script ends
 
 
 def _flow_phases() -> dict[str, Any]:

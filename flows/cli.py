@@ -695,5 +695,17 @@ def datasets_card(root: RootOption = None) -> None:
     out.print(result.uri, highlight=False)
 
 
+def console_main() -> None:
+    """The ``augflow`` console script: the Typer app, then a quick process exit
+    (flows/process_exit.py) instead of Python's module teardown."""
+    from augflow.flows.process_exit import exit_now
+
+    try:
+        app()  # standalone mode: always ends in SystemExit
+    except SystemExit as exc:
+        exit_now(exc.code)
+    exit_now(0)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    console_main()

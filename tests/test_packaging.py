@@ -63,7 +63,7 @@ def test_the_wheel_installs_the_augflow_command(wheel: zipfile.ZipFile) -> None:
     (entry_points,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
     parser = configparser.ConfigParser()
     parser.read_string(wheel.read(entry_points).decode())
-    assert parser["console_scripts"]["augflow"] == "augflow.flows.cli:app"
+    assert parser["console_scripts"]["augflow"] == "augflow.flows.cli:console_main"
 
 
 def test_bundled_ids_resolve_inside_the_package() -> None:
