@@ -170,10 +170,10 @@ def test_the_cli_path_registers_a_version_the_benchmark_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: str
 ) -> None:
     from bench.usefulness_augflow import Augflow
+    from bench.usefulness_data import read_version
 
     # the CLI subprocess uses this worker's server instead of starting one of its own
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
-    from bench.usefulness_data import read_version
 
     aug = Augflow(tmp_path, BUNDLED, "cli", workers=1)
     body = aug.request(
