@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from augflow.models import effects as E
 from augflow.models import setmetrics as S
 from augflow.models.evaluate import BUNDLED, ProductModel, add_noise, nlm, wavelet
+from augflow.models.feature_stats import FeatureStats
 from augflow.models.features import load_feature_extractor
 from augflow.models.training.data import faces_32, held_out_crops, load_photo
 
@@ -341,7 +342,7 @@ def calibrate_sets(n_generated: int, steps: int) -> dict[str, Any]:
     b = [tiles[k] for k in order[half : 2 * half]]
 
     def kid(real: list, fake: list) -> dict[str, Any]:
-        st = S.FeatureStats(ext)
+        st = FeatureStats(ext)
         st.update(real, real=True)
         st.update(fake, real=False)
         r = st.compute()

@@ -33,8 +33,9 @@ from augflow.schemas.request import AugmentRequest, QualityThresholds
 from augflow.schemas.rows import EFFECT_COLUMN_NAMES
 from augflow.tasks.storage import Storage, open_uri
 
-if TYPE_CHECKING:  # models.setmetrics loads torch: imported where the set checks run, so the
-    # flow process that only plans and fans out never loads it (tests/test_layers.py)
+if TYPE_CHECKING:  # imported where the set checks run: a flow process that only plans and fans
+    # out never loads them, and only a run with a reference loads torch (tests/test_layers.py)
+    from augflow.models.feature_stats import FeatureStats
     from augflow.models.setmetrics import SetCheckResult, SetThresholds
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,7 @@ def set_level(
 ) -> tuple[list[SetCheckResult], dict[str, Any]]:
     """Near-duplicates, memorisation (generate with a reference), variant spread (img2img),
     diversity and KID/FID against the reference, streamed over the shard files."""
-    from augflow.models.features import load_feature_extractor
     from augflow.models.setmetrics import (
-        FeatureStats,
         NearDuplicates,
         ReferenceMatches,
         VariantSpread,
@@ -290,7 +289,7 @@ def set_level(
     memo = ReferenceMatches(t.max_hamming) if kind == "generate" and sources else None
     input_dups = NearDuplicates(t.max_hamming) if request.operation.takes_inputs else None
     extractor = features if features is not None else request.quality.features
-    feats = FeatureStats(load_feature_extractor(extractor), reservoir=5000) if sources else None
+    feats = _feature_stats(extractor) if sources else None
 
     for ids, srcs, images in iter_output_shards(storage, data_files):
         if not images:
@@ -326,6 +325,14 @@ def set_level(
         reports["distribution"] = feats.compute()
     results = set_checks(kind, thresholds=t, **reports)
     return results, _flat_metrics(reports)
+
+
+def _feature_stats(extractor: str | None) -> FeatureStats:
+    # imported here: torch (about a second of CPU) only when there is a reference to compare with
+    from augflow.models.feature_stats import FeatureStats
+    from augflow.models.features import load_feature_extractor
+
+    return FeatureStats(load_feature_extractor(extractor), reservoir=5000)
 
 
 def _flat_metrics(reports: dict[str, Any]) -> dict[str, Any]:

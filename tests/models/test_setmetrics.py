@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 
 from augflow.models import setmetrics as S
 from augflow.models.evaluate import BUNDLED
+from augflow.models.feature_stats import FeatureStats
 from augflow.models.features import FeatureExtractor, load_feature_extractor
 from augflow.models.quality_calibration import FEATURE_UNSEEN, to_rgb
 from augflow.models.training.data import faces_32, load_photo
@@ -199,7 +200,7 @@ def extractor():
 
 
 def _kid(extractor, real: list, fake: list, **kw) -> S.DistributionReport:
-    stats = S.FeatureStats(extractor, **kw)
+    stats = FeatureStats(extractor, **kw)
     stats.update(real, real=True)
     stats.update(fake, real=False)
     return stats.compute()
@@ -247,7 +248,7 @@ def test_kid_separates_real_faces_from_the_bundled_generator(extractor, generate
 def test_streaming_in_shards_equals_one_pass(extractor) -> None:
     tiles = _photo_tiles()[:90]
     one = _kid(extractor, tiles[:40], tiles[40:], reservoir=1000)
-    shards = S.FeatureStats(extractor, reservoir=1000)
+    shards = FeatureStats(extractor, reservoir=1000)
     for start in range(0, 40, 16):
         shards.update(tiles[start : min(start + 16, 40)], real=True)
     for start in range(40, 90, 7):
@@ -269,7 +270,7 @@ def test_fid_and_reservoir_with_many_images() -> None:
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.normal(0, 1, (1500, 128)).astype(np.float32))
     fake = torch.from_numpy(rng.normal(0.5, 1, (1500, 128)).astype(np.float32))
-    stats = S.FeatureStats(_FixedWidth(), reservoir=300, kid_subsets=10, kid_subset_size=200)
+    stats = FeatureStats(_FixedWidth(), reservoir=300, kid_subsets=10, kid_subset_size=200)
     for k in range(0, 1500, 100):
         stats.update_features(real[k : k + 100], real=True)
         stats.update_features(fake[k : k + 100], real=False)

@@ -182,3 +182,41 @@ def test_a_reference_folder_holding_a_fifo_is_read_without_blocking(tmp_path: Pa
     )
     seen = [i for ids, _ in iter_source_images(reference_sources(request)) for i in ids]
     assert sorted(seen) == ["ref0.png", "ref1.png", "ref2.png"]
+
+
+_TORCH_PROBE = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {tests_root!r}]
+from test_quality_sets import _validate
+from augflow.tasks.storage import Storage
+from quality_rows import photo
+quality = {{"reference": {reference!r}}} if {reference!r} else {{}}
+report, _ = _validate(Storage({out!r}), [photo(k) for k in range(12)], **quality)
+print(sorted(c.name for c in report.checks), "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_torch_is_loaded_only_when_there_is_a_reference(tmp_path, reference, with_reference):
+    """The gate of a run with nothing to compare against (generate, no reference) checks
+    near-duplicates from hashes and never imports torch into the flow's process: about a second
+    of CPU after the last shard of a small run (issue 14). With a reference it loads torch for the
+    distribution checks."""
+    import subprocess
+    import sys
+
+    code = _TORCH_PROBE.format(
+        tests=str(Path(__file__).parent),
+        tests_root=str(Path(__file__).parent.parent),
+        reference=str(reference) if with_reference else "",
+        out=str(tmp_path / "out"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    names, torch_loaded = run.stdout.strip().rsplit(" ", 1)
+    assert "near_duplicates" in names
+    assert ("distribution_kid" in names) is with_reference
+    assert torch_loaded == str(with_reference)
