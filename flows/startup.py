@@ -3,9 +3,10 @@
 A local ``augflow run`` pays for Ray (its processes), an actor (a process that imports torch and
 diffusers and loads the model), Prefect (its import and, with no ``PREFECT_API_URL``, a server
 process) and Great Expectations (an import of seconds). None of them needs another to start, so
-:func:`start_early` — called by the CLI before it imports Prefect — starts Ray, the actors and the
-first shards in this thread (Ray wants the main thread for its signal handlers), Prefect's server
-in another, and :func:`warm_up_validation` imports GX in the background once Prefect is up. The
+:func:`start_early` — called by the CLI before it imports Prefect — starts Prefect's server
+process (:mod:`augflow.flows.local_prefect`, when no ``PREFECT_API_URL`` is set), then Ray, the
+actors and the first shards in this thread (Ray wants the main thread for its signal handlers),
+imports Prefect's client in another while the server starts, and :func:`warm_up_validation` imports GX in the background once Prefect is up. The
 flow then attaches to the running pool (:func:`augflow.tasks.execute.start_early`).
 
 Nothing here imports Prefect at module level: the point is to start Ray before Prefect's import.
@@ -17,8 +18,13 @@ import atexit
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
+from augflow.schemas.errors import OrchestrationError
 from augflow.schemas.request import AugmentRequest
+
+if TYPE_CHECKING:
+    from augflow.flows.local_prefect import LocalPrefectServer
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +34,28 @@ _gx_started = threading.Event()
 def start_early(request: AugmentRequest) -> None:
     """Start everything ``augflow run`` will need for ``request``; returns when Prefect is up and
     the actors are starting (their model loads and first shards go on in their processes).
-    Call it after :func:`augflow.tasks.preflight.preflight` passed (the CLI does)."""
+    Call it after :func:`augflow.tasks.preflight.preflight` passed (the CLI does).
+    OrchestrationError if the local Prefect server does not come up."""
+    from augflow.flows import local_prefect
     from augflow.tasks import execute  # Ray, but neither Prefect nor torch
     from augflow.tasks.ray_pool import shutdown_quickly
 
+    # first, from the main thread: the server's process is the slowest to start, and the
+    # kernel's parent-death signal that ends it with this process is tied to the starting thread
+    server = local_prefect.start()
     # at exit, before Ray's own (slower) shutdown: the run is over, nothing is left to wait for
     atexit.register(shutdown_quickly)
-    prefect = threading.Thread(target=_start_prefect, name="augflow-prefect-start", daemon=True)
+    failure: list[BaseException] = []
+    prefect = threading.Thread(
+        target=_start_prefect, args=(server, failure), name="augflow-prefect-start", daemon=True
+    )
     prefect.start()
     # the CLI's progress display attaches once the flow runs: the channel must not wait for it
     execute.start_early(request, checked=True, listeners_later=True)
     # The flow's first API call would start a second ephemeral server if this one were not up.
     prefect.join()
+    if failure:
+        raise failure[0]
     warm_up_validation()
 
 
@@ -61,12 +77,24 @@ def warm_up_validation() -> None:
     threading.Thread(target=load, name="augflow-gx-import", daemon=True).start()
 
 
-def _start_prefect() -> None:
-    """Reach the Prefect API once: with no PREFECT_API_URL this starts the ephemeral server."""
+def _start_prefect(server: LocalPrefectServer | None, failure: list[BaseException]) -> None:
+    """Import Prefect's client while ``server`` starts, then reach the API once (with neither
+    ``server`` nor a PREFECT_API_URL, Prefect starts its own temporary server here). A server of
+    ours that does not come up is recorded in ``failure``; other problems are reported by the
+    flow, which reaches the API again."""
     try:
         from prefect.client.orchestration import get_client
-
+    except Exception:
+        log.debug("early Prefect import failed", exc_info=True)
+        return
+    if server is not None:
+        try:
+            server.wait_ready()
+        except OrchestrationError as exc:
+            failure.append(exc)
+            return
+    try:
         with get_client(sync_client=True) as client:
             client.hello()
-    except Exception:  # the flow reaches the API again and reports a real problem there
+    except Exception:
         log.debug("early Prefect start failed", exc_info=True)

@@ -16,7 +16,8 @@ Messages say what was wrong *and what to do about it*, naming the field, file or
      │    └── DatasetRefError       a dataset name, version or ``name@version`` is malformed
      ├── ExecutionError          shards failed on the workers after their retries
      ├── QualityGateError        the quality checks failed; nothing was registered
-     └── ExportError             a version cannot be exported where asked
+     ├── ExportError             a version cannot be exported where asked
+     └── OrchestrationError      the local Prefect server augflow starts did not come up
 
 A single bad image is never an error: it becomes a quarantine row with a reason.
 """
@@ -111,3 +112,7 @@ class QualityGateError(AugflowError):
 
 class ExportError(AugflowError):
     """A registered version cannot be exported to the destination asked for."""
+
+
+class OrchestrationError(AugflowError):
+    """The local Prefect server ``augflow run`` starts (no ``PREFECT_API_URL``) did not come up."""

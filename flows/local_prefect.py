@@ -1,0 +1,176 @@
+"""The local Prefect server of an ``augflow run`` with no ``PREFECT_API_URL``, started without
+importing Prefect's server code into the run's process.
+
+Left to itself, Prefect starts a temporary server process the first time a client needs one
+(``SubprocessASGIServer``). To build that process's command line, the *calling* process imports
+``prefect.server.api.server``: FastAPI, SQLAlchemy and every API router, about 2 s of CPU, which
+the server process then imports again. On a 2-core machine that CPU comes out of the actor's
+start-up. This module starts the same server (the same uvicorn command and settings, so the same
+database under ``PREFECT_HOME``) and points this process at it through ``PREFECT_API_URL``, set
+before Prefect is imported here.
+
+The server is this process's: it is stopped at exit (SIGTERM, as Prefect stops its own), and the
+kernel sends it SIGTERM if this process dies without exiting (SIGKILL, a crash): the parent-death
+signal, which Prefect's own temporary server does not set, so a killed run leaves no server behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import http.client
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from augflow.schemas.errors import OrchestrationError
+
+#: Environment of the server process: Prefect's for its temporary server (no UI, no services).
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+#: Prefect's own start-up timeout setting, honoured here; the CLI sets 120 s when unset.
+TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+#: Ports tried when another process takes the chosen one between choice and bind.
+PORT_ATTEMPTS = 3
+
+# Runs in the child before uvicorn: ask the kernel for SIGTERM when the thread that started it
+# ends (PR_SET_PDEATHSIG survives exec), and give up if that already happened. Linux only;
+# elsewhere the server is stopped at exit as Prefect's is.
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, "-m", "uvicorn", *sys.argv[2:]])
+"""
+
+
+class LocalPrefectServer:
+    """A Prefect API server process on 127.0.0.1 that lives as long as this process."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._spawn()
+        atexit.register(self.stop)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> None:
+        self.port = _free_port()
+        app_dir = _site_packages_of("prefect")
+        cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
+        cmd += ["--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--log-level", "error", "--lifespan", "on"]
+        # output to this process's stdout/stderr, as Prefect's own server: during `augflow run`
+        # they are the run's log file (flows/quiet.py), or the terminal with --verbose
+        self.process = subprocess.Popen(
+            cmd, env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL
+        )
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Return once the server answers its health check; OrchestrationError if it exits or
+        does not answer within ``timeout_s`` (default: Prefect's start-up timeout setting)."""
+        if timeout_s is None:
+            timeout_s = float(os.environ.get(TIMEOUT_SETTING) or 20)
+        deadline = time.monotonic() + timeout_s
+        attempts = 1
+        while time.monotonic() < deadline:
+            if self.process is None:  # stopped meanwhile (exit)
+                raise OrchestrationError("the local Prefect server was stopped while starting")
+            code = self.process.poll()
+            if code is not None:
+                if attempts < PORT_ATTEMPTS and _taken(self.port):
+                    attempts += 1  # another process bound the port between our choice and uvicorn
+                    self._spawn()
+                    continue
+                raise OrchestrationError(
+                    f"the local Prefect server exited with code {code} while starting (its "
+                    "output is in this run's log). Check PREFECT_HOME and its database, or set "
+                    "PREFECT_API_URL to a running Prefect server."
+                )
+            if _healthy(self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise OrchestrationError(
+            f"the local Prefect server did not answer within {timeout_s:.0f} s "
+            f"({TIMEOUT_SETTING}; its output is in this run's log). On a busy machine raise "
+            f"{TIMEOUT_SETTING}, or set PREFECT_API_URL to a running Prefect server."
+        )
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after 5 s (as Prefect stops its own)."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start() -> LocalPrefectServer | None:
+    """Start the run's server and point this process at it; None (Prefect decides) when a
+    ``PREFECT_API_URL`` is set, or when Prefect is already imported here (its settings were read,
+    so the URL set now would not reach it), or when called off the main thread (the kernel ties
+    the parent-death signal to the thread that started the process)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    if "prefect" in sys.modules or threading.current_thread() is not threading.main_thread():
+        return None
+    if importlib.util.find_spec("uvicorn") is None:
+        return None
+    server = LocalPrefectServer()
+    os.environ["PREFECT_API_URL"] = server.url
+    return server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _taken(port: int) -> bool:
+    """Whether another process holds ``port`` on 127.0.0.1 (a bind there fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _site_packages_of(package: str) -> str:
+    # find_spec of a top-level package locates it without importing it
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise OrchestrationError(f"{package} is not installed; reinstall augflow")
+    return str(Path(next(iter(spec.submodule_search_locations))).parent)
+
+
+def _healthy(port: int) -> bool:
+    # http.client, not urllib: a proxy from the environment must never see a loopback call
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/api/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
