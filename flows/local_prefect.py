@@ -69,7 +69,7 @@ class LocalPrefectServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def _spawn(self) -> None:
-        self.port = _free_port()
+        self.port = free_loopback_port()
         app_dir = _site_packages_of("prefect")
         cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
         cmd += ["--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app"]
@@ -140,7 +140,8 @@ def start() -> LocalPrefectServer | None:
     return server
 
 
-def _free_port() -> int:
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it, or retries)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -191,8 +191,8 @@ def test_a_taken_port_is_retried_on_another_and_stop_ends_the_server(
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     ports = iter([taken.getsockname()[1]])
-    free = local_prefect._free_port
-    monkeypatch.setattr(local_prefect, "_free_port", lambda: next(ports, None) or free())
+    free = local_prefect.free_loopback_port
+    monkeypatch.setattr(local_prefect, "free_loopback_port", lambda: next(ports, None) or free())
     server = _server(monkeypatch, tmp_path)
     try:
         assert server.port == taken.getsockname()[1]
