@@ -377,12 +377,16 @@ def _run(request: Any, ui_out: TextIO, ui_err: TextIO, log_path: Path | None) ->
         # Ray start, so a run that cannot succeed fails in about a second.
         preflight(request)
         # issue 14: Ray, the actors and the first shards start before Prefect is imported
-        from augflow.flows.startup import start_early
+        from augflow.flows.startup import run_settings, start_early
 
-        start_early(request)
+        own_server = start_early(request)
         from augflow.flows.augment import augment
 
-        with _Display(ui_err, request.dataset) as display, progress.listening(display):
+        with (
+            run_settings(own_server),
+            _Display(ui_err, request.dataset) as display,
+            progress.listening(display),
+        ):
             progress.phase("starting")
             outcome = augment(request)
             progress.phase("done")

@@ -18,6 +18,8 @@ import atexit
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from augflow.schemas.errors import OrchestrationError
@@ -31,9 +33,10 @@ log = logging.getLogger(__name__)
 _gx_started = threading.Event()
 
 
-def start_early(request: AugmentRequest) -> None:
+def start_early(request: AugmentRequest) -> bool:
     """Start everything ``augflow run`` will need for ``request``; returns when Prefect is up and
-    the actors are starting (their model loads and first shards go on in their processes).
+    the actors are starting (their model loads and first shards go on in their processes), True
+    when the run has a Prefect server of its own (no PREFECT_API_URL; see :func:`run_settings`).
     Call it after :func:`augflow.tasks.preflight.preflight` passed (the CLI does).
     OrchestrationError if the local Prefect server does not come up."""
     from augflow.flows import local_prefect
@@ -57,6 +60,23 @@ def start_early(request: AugmentRequest) -> None:
     if failure:
         raise failure[0]
     warm_up_validation()
+    return server is not None
+
+
+@contextmanager
+def run_settings(own_server: bool) -> Iterator[None]:
+    """Prefect settings for the flow run of ``augflow run``. On a server of its own (started by
+    :func:`start_early`) the run sends no heartbeats: they let a lasting server mark a crashed
+    run (the on-demand deployment's zombie automation), but this server ends with the run, so
+    nobody could read them; and Prefect's heartbeat thread sleeps in 1 s steps, so the flow
+    waits up to 1 s for it at its end."""
+    if not own_server:
+        yield
+        return
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 def warm_up_validation() -> None:

@@ -69,3 +69,21 @@ def test_start_early_starts_ray_actors_and_prefect_before_the_flow(
     # progress channel is open, so the first shard's micro-batches are not lost
     assert report["listeners"] is False and report["channel_open"] is True
     assert report["gx_imports"] <= 1  # one background import at most (it may be done already)
+
+
+def test_a_run_on_its_own_server_sends_no_heartbeats() -> None:
+    """Heartbeats mark crashed runs on a lasting server; a run's own server ends with it, and
+    Prefect's heartbeat thread costs up to 1 s at the end of each flow (issue 14)."""
+    from prefect.flow_engine import FlowRunEngine
+    from prefect.settings import get_current_settings
+
+    from augflow.flows.augment import augment
+    from augflow.flows.startup import run_settings
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect sends them unless told otherwise
+    with run_settings(own_server=False):
+        assert FlowRunEngine(flow=augment).heartbeat_seconds is not None
+    with run_settings(own_server=True):
+        assert FlowRunEngine(flow=augment).heartbeat_seconds is None
+    assert get_current_settings().flows.heartbeat_frequency == default
