@@ -112,6 +112,11 @@ class LocalPrefectServer:
             f"{TIMEOUT_SETTING}, or set PREFECT_API_URL to a running Prefect server."
         )
 
+    def terminate(self) -> None:
+        """Ask the server to stop (SIGTERM) without waiting; :meth:`stop` waits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self) -> None:
         """Stop the server: SIGTERM, then SIGKILL after 5 s (as Prefect stops its own)."""
         proc, self.process = self.process, None

@@ -41,13 +41,13 @@ def start_early(request: AugmentRequest) -> bool:
     OrchestrationError if the local Prefect server does not come up."""
     from augflow.flows import local_prefect
     from augflow.tasks import execute  # Ray, but neither Prefect nor torch
-    from augflow.tasks.ray_pool import shutdown_quickly
 
     # first, from the main thread: the server's process is the slowest to start, and the
     # kernel's parent-death signal that ends it with this process is tied to the starting thread
     server = local_prefect.start()
-    # at exit, before Ray's own (slower) shutdown: the run is over, nothing is left to wait for
-    atexit.register(shutdown_quickly)
+    # Registered before Prefect is imported, so it runs after Prefect's own exit handlers have
+    # sent their last logs and events to the server; and before Ray's own (slower) shutdown.
+    atexit.register(_shut_down, server)
     failure: list[BaseException] = []
     prefect = threading.Thread(
         target=_start_prefect, args=(server, failure), name="augflow-prefect-start", daemon=True
@@ -61,6 +61,18 @@ def start_early(request: AugmentRequest) -> bool:
         raise failure[0]
     warm_up_validation()
     return server is not None
+
+
+def _shut_down(server: LocalPrefectServer | None) -> None:
+    """At exit the run is over and nothing is left to wait for: Ray's processes are killed
+    (:func:`augflow.tasks.ray_pool.shutdown_quickly`) while the Prefect server stops."""
+    from augflow.tasks.ray_pool import shutdown_quickly
+
+    if server is not None:
+        server.terminate()  # its graceful stop (~0.2 s) overlaps Ray's
+    shutdown_quickly()
+    if server is not None:
+        server.stop()
 
 
 @contextmanager
