@@ -93,6 +93,7 @@ class _ShardActor:
         from augflow.tasks.shard_worker import ShardWorker
 
         started = time.time()
+        progress.collect_here()  # the run's channel takes this process's micro-batch counts
         if s3 is not None:
             # The driver's S3 settings, passed as an actor argument (secret masked in any repr),
             # never through runtime_env, which Ray shows in its dashboard and logs.
@@ -172,6 +173,11 @@ class _ShardActor:
     def retire_if_idle(self) -> bool:
         """Leave now if no driver holds this actor (to free its resources for another model)."""
         return self._idle is not None and self._idle.retire_if_unused()
+
+    @ray.method(concurrency_group="control")
+    def take_progress(self, run: str) -> list[tuple[str, int]]:
+        """Rows of ``run``'s micro-batches computed here since the driver last asked."""
+        return progress.take_collected(run)
 
     @ray.method(concurrency_group="control")
     def stats(self) -> dict[str, Any]:
@@ -278,8 +284,7 @@ class _Pool:
     ) -> _Pool:
         """Start (or lease) the actors for ``pending`` and open the run's progress channel: when
         this process has listeners, or ``listeners_later`` says they attach after the pool
-        started (``augflow run`` starts it before its display exists; a shard attempt looks for the
-        channel once, at its first micro-batch, so opening it later would lose its batches)."""
+        started (``augflow run`` starts it before its display exists)."""
         layout = pool_layout(request, len(pending))
         s3 = forwarded_settings() if _uses_s3(request) else None
         # The control group answers leases and stats while both compute threads are busy.
@@ -287,39 +292,38 @@ class _Pool:
         remote_cls = cast(Any, ray.remote)(concurrency_groups={"control": 1})(_ShardActor)
         args = (request, layout.device, layout.threads, s3, actor_niceness(), layout.encode_threads)
         idle = warm_pool.idle_timeout()
-        # Opened before the actors start: their first micro-batches report to it.
-        channel = progress.open_remote_channel(request.request_hash, always=listeners_later)
-        try:
-            if idle is not None:
+        closed = progress.RemoteChannel(request.request_hash, None)  # until the pool exists
+        if idle is not None:
 
-                def create(name: str) -> ActorProxy[_ShardActor]:
-                    # detached: the actor outlives this flow run; it leaves after `idle` seconds
-                    return _actor_options(
-                        remote_cls,
-                        layout,
-                        name=name,
-                        namespace=warm_pool.NAMESPACE,
-                        lifetime="detached",
-                    ).remote(*args, idle)
+            def create(name: str) -> ActorProxy[_ShardActor]:
+                # detached: the actor outlives this flow run; it leaves after `idle` seconds
+                return _actor_options(
+                    remote_cls,
+                    layout,
+                    name=name,
+                    namespace=warm_pool.NAMESPACE,
+                    lifetime="detached",
+                ).remote(*args, idle)
 
-                def new_warm() -> ActorProxy[_ShardActor]:
-                    taken = [s.actor for s in pool.slots]
-                    return warm_pool.lease(request, layout, s3, create, count=1, exclude=taken)[0]
+            def new_warm() -> ActorProxy[_ShardActor]:
+                taken = [s.actor for s in pool.slots]
+                return warm_pool.lease(request, layout, s3, create, count=1, exclude=taken)[0]
 
-                handles = warm_pool.lease(request, layout, s3, create)
-                pool = cls(
-                    request, layout, new_warm, [_Slot(h) for h in handles], channel, warm=True
-                )
-            else:
+            handles = warm_pool.lease(request, layout, s3, create)
+            pool = cls(request, layout, new_warm, [_Slot(h) for h in handles], closed, warm=True)
+        else:
 
-                def new_actor() -> ActorProxy[_ShardActor]:
-                    return _actor_options(remote_cls, layout, max_restarts=0).remote(*args)
+            def new_actor() -> ActorProxy[_ShardActor]:
+                return _actor_options(remote_cls, layout, max_restarts=0).remote(*args)
 
-                slots = [_Slot(new_actor()) for _ in range(layout.actors)]
-                pool = cls(request, layout, new_actor, slots, channel)
-        except BaseException:
-            channel.close()
-            raise
+            slots = [_Slot(new_actor()) for _ in range(layout.actors)]
+            pool = cls(request, layout, new_actor, slots, closed)
+        # the slots' ready actors as they are at each poll: a replacement is asked once it loaded
+        pool.channel = progress.open_remote_channel(
+            request.request_hash,
+            lambda: [s.actor for s in pool.slots if s.ready],
+            always=listeners_later,
+        )
         for i in range(len(pool.slots)):
             pool.probe(i)
         pool.queue.extend(pending)

@@ -4,11 +4,13 @@ finished shard; the CLI (a live display) and the Prefect progress artifact liste
 Listeners live in the driver process (the flow runs in the CLI's process), so a listener sees
 events as they happen without threading a callback through the request or the flow's parameters.
 
-Micro-batches are computed inside Ray actors, in other processes. While a pool runs, the driver
-opens a *channel*: a tiny named Ray actor (no CPU reserved) that workers send ``(shard, rows)``
-to, fire-and-forget, one call per micro-batch; a driver thread drains it a few times a second and
-emits :class:`RowsDone` here. Nothing is opened when nobody listens, and a worker that finds no
-channel stops looking for that run. Shard results stay authoritative: when a shard finishes, its
+Micro-batches are computed inside Ray actors, in other processes. Each shard actor counts the
+rows of its micro-batches per run and shard in its own process (:func:`collect_here`,
+:func:`take_collected`); while a pool runs, a driver thread (the run's *channel*) asks the pool's
+actors for their counts a few times a second and emits :class:`RowsDone` here. No process of its
+own and no message per micro-batch: a channel costs one small call per actor per poll, and none
+when nobody listens. Counts wait in the actor until someone listens, so a display that attaches
+after the pool started still sees every batch. Shard results stay authoritative: when a shard finishes, its
 :class:`~augflow.schemas.records.ShardResult` replaces the partial count of its batches (a retried
 shard is not counted twice).
 
@@ -18,7 +20,6 @@ A listener that raises is logged and dropped from that event: progress never fai
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -99,125 +100,134 @@ def phase(name: str) -> None:
 
 # --- micro-batches from Ray workers -------------------------------------------------------------
 
+_collecting = False
+#: in a shard actor's process: run -> shard -> rows computed and not yet taken by the driver
+_collected: dict[str, dict[str, int]] = {}
+_collected_lock = threading.Lock()
+#: runs whose counts a (warm, long-lived) actor keeps: a run nobody follows (a flow run by a
+#: worker has no listener) is never taken, and the oldest such run is dropped first
+MAX_RUNS_KEPT = 64
 
-def channel_name(run: str) -> str:
-    """The named actor of a run's channel (``run``: the request hash)."""
-    return f"augflow-progress-{run[:16]}"
+
+def collect_here() -> None:
+    """Count micro-batches in this process for the driver to take (called by a shard actor)."""
+    global _collecting
+    _collecting = True
 
 
-class _Sink:
-    """The channel's actor: collects ``(shard, rows)`` pairs until the driver takes them."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, int]] = []
-
-    def add(self, shard_id: str, rows: int) -> None:
-        self.items.append((shard_id, rows))
-
-    def take(self) -> list[tuple[str, int]]:
-        out, self.items = self.items, []
-        return out
+def take_collected(run: str) -> list[tuple[str, int]]:
+    """The ``(shard, rows)`` counted for ``run`` since the last take; what a shard actor answers
+    its run's channel. A run whose driver is gone leaves a count per shard it had here."""
+    with _collected_lock:
+        return list(_collected.pop(run, {}).items())
 
 
 class RemoteChannel:
-    """The driver's end of a run's channel; :meth:`close` drains it one last time and ends it."""
+    """The driver's end of a run's progress: a thread that asks the actors ``actors()`` returns
+    for the run's counts every :attr:`POLL_SECONDS` (each actor answers ``take_progress(run)``)
+    and emits them; :meth:`close` takes them one last time. ``actors()`` should name only actors
+    that have loaded their model: they answer at once, and one still loading computed nothing."""
 
     POLL_SECONDS = 0.25
+    CLOSE_TIMEOUT_S = 5.0
 
-    def __init__(self, actor: Any | None) -> None:
-        self._actor = actor
+    def __init__(self, run: str, actors: Callable[[], list[Any]] | None) -> None:
+        self.run = run
+        self._actors = actors
         self._stop = threading.Event()
+        # one call in flight per actor (by id of its handle): an actor still loading its model
+        # answers late, and must not collect a queue of polls meanwhile
+        self._pending: dict[Any, tuple[int, Any]] = {}
         self._thread: threading.Thread | None = None
-        if actor is not None:
+        if actors is not None:
             self._thread = threading.Thread(target=self._poll, name="augflow-progress", daemon=True)
             self._thread.start()
 
-    def _drain(self) -> None:
+    @property
+    def open(self) -> bool:
+        return self._actors is not None
+
+    def _ask(self) -> None:
+        if self._actors is None:
+            return
+        asking = {key for key, _ in self._pending.values()}
+        for actor in self._actors():
+            if id(actor) not in asking:
+                self._pending[actor.take_progress.remote(self.run)] = (id(actor), actor)
+
+    def _collect(self, timeout: float) -> None:
         import ray
 
-        if self._actor is None:
+        if not self._pending:
             return
-        for shard_id, rows in ray.get(self._actor.take.remote(), timeout=10):
-            emit(RowsDone(shard_id, rows))
+        refs = list(self._pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for ref in ready:
+            self._pending.pop(ref)
+            try:
+                items = ray.get(ref)
+            except Exception:  # a dead actor: its shards are retried elsewhere
+                continue
+            for shard_id, rows in items:
+                emit(RowsDone(shard_id, rows))
 
     def _poll(self) -> None:
         while not self._stop.wait(self.POLL_SECONDS):
+            if not has_listeners():
+                continue  # the counts wait in the actors for a display that attaches later
             try:
-                self._drain()
+                self._ask()
+                self._collect(timeout=0)
             except Exception as exc:  # progress must never fail a run
                 log.debug("progress channel: %s", exc)
                 return
 
     def close(self) -> None:
-        if self._actor is None:
+        """Stop polling and take what the actors counted since the last poll. Call it before
+        the actors go."""
+        if self._actors is None:
             return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
-        import ray
-
+            self._thread.join(timeout=self.CLOSE_TIMEOUT_S)
         try:
-            self._drain()
+            self._ask()
+            self._collect(timeout=self.CLOSE_TIMEOUT_S)
         except Exception as exc:
             log.debug("progress channel: %s", exc)
-        ray.kill(self._actor)
-        self._actor = None
+        self._actors = None
+        self._pending.clear()
 
 
-def open_remote_channel(run: str, *, always: bool = False) -> RemoteChannel:
-    """Open run ``run``'s channel (call with Ray initialised); a no-op when nobody listens,
-    unless ``always`` (a pool started before its listeners attach: issue 14's early start)."""
+def open_remote_channel(
+    run: str, actors: Callable[[], list[Any]], *, always: bool = False
+) -> RemoteChannel:
+    """Follow run ``run``'s micro-batches on the actors ``actors()`` returns (call with Ray
+    initialised); a closed channel when nobody listens, unless ``always`` (a pool started before
+    its listeners attach: issue 14's early start)."""
     if not (always or has_listeners()):
-        return RemoteChannel(None)
-    import ray
-
-    try:
-        actor = (
-            ray.remote(_Sink)
-            .options(name=channel_name(run), num_cpus=0, get_if_exists=True)
-            .remote()
-        )
-    except Exception as exc:
-        log.debug("progress channel not opened: %s", exc)
-        return RemoteChannel(None)
-    return RemoteChannel(actor)
+        return RemoteChannel(run, None)
+    return RemoteChannel(run, actors)
 
 
 def rows_reporter(run: str, shard_id: str) -> Callable[[int], None]:
     """The reporter of one attempt at one shard: call it with each computed micro-batch's rows.
 
-    It goes to this process's listeners when there are any (the flow computing in-process), else
-    to the run's channel when running in a Ray worker. The channel is looked up once per attempt
-    (one GCS call), never cached longer: a long-lived actor serves many runs, and a re-run of the
-    same request opens a new channel under the same name.
+    It goes to this process's listeners when there are any (the flow computing in-process), else,
+    in a shard actor (:func:`collect_here`), to the count the run's channel takes.
     """
-    looked_up = False
-    actor: Any | None = None
 
     def report(rows: int) -> None:
-        nonlocal looked_up, actor
         if has_listeners():
             emit(RowsDone(shard_id, rows))
-            return
-        if not looked_up:
-            actor, looked_up = _channel_actor(run), True
-        if actor is not None:
-            try:
-                actor.add.remote(shard_id, rows)
-            except Exception:  # the driver closed the channel: this attempt is done reporting
-                actor = None
+        elif _collecting:
+            with _collected_lock:
+                if run not in _collected and len(_collected) >= MAX_RUNS_KEPT:
+                    del _collected[next(iter(_collected))]
+                shards = _collected.setdefault(run, {})
+                shards[shard_id] = shards.get(shard_id, 0) + rows
 
     return report
-
-
-def _channel_actor(run: str) -> Any | None:
-    ray = sys.modules.get("ray")  # not a Ray worker unless Ray is loaded and initialised
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        return ray.get_actor(channel_name(run))
-    except Exception:
-        return None
 
 
 # --- a view of the events ----------------------------------------------------------------------

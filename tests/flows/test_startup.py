@@ -31,7 +31,7 @@ report = {
     "prefect_reached": "prefect.client.orchestration" in sys.modules,
     "actors": None if pool is None else len(pool.slots),
     "listeners": progress.has_listeners(),
-    "channel_open": pool is not None and pool.channel._actor is not None,
+    "channel_open": pool is not None and pool.channel.open,
     "gx_imports": sum(t.name == "augflow-gx-import" for t in threading.enumerate()),
 }
 execute.cancel_early(request)

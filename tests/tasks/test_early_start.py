@@ -93,14 +93,14 @@ def test_the_progress_channel_opens_early_only_for_listeners_to_come(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     # augflow run: the display attaches after the pool started, so the channel opens anyway;
-    # the flow run by a worker: nobody listens now or later, so no channel actor is started
+    # the flow run by a worker: nobody listens now or later, so no channel polls its actors
     channels = {}
     for later in (True, False):
         request = _request(tiny_model, tmp_path / str(later), n=2)
         execute.start_early(request, listeners_later=later)
         pool = execute._early[(request.request_hash, request.output)].pool
         assert pool is not None
-        channels[later] = pool.channel._actor is not None
+        channels[later] = pool.channel.open
         execute.cancel_early(request)
     assert channels == {True: True, False: False}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
+import time
 
 import pytest
 
@@ -162,90 +162,99 @@ def test_the_shard_worker_reports_every_micro_batch(tiny_model, tmp_path) -> Non
     assert seen == [progress.RowsDone(sid, 2), progress.RowsDone(sid, 2), progress.RowsDone(sid, 1)]
 
 
-@pytest.mark.slow
-def test_batches_computed_in_ray_workers_reach_the_driver(ray_local: None) -> None:
-    import ray
+class _ShardActorLike:
+    """What a shard actor does for progress (tasks/execute.py ``_ShardActor``): counts its
+    micro-batches here, answers ``take_progress(run)``."""
 
-    run = "a" * 64
+    def __init__(self) -> None:
+        progress.collect_here()
 
-    def attempt(shard: str, batches: int) -> int:
+    def attempt(self, run: str, shard: str, batches: int) -> int:
         report = progress.rows_reporter(run, shard)  # what the shard worker makes per attempt
         for _ in range(batches):
             report(4)
-        # Reports are fire-and-forget; one awaited call behind them (a caller's actor calls run
-        # in order) makes sure they reached the channel before the driver's last drain.
-        with contextlib.suppress(ValueError):
-            ray.get(ray.get_actor(progress.channel_name(run)).add.remote(shard, 0))
         return batches
 
-    worker = ray.remote(num_cpus=0)(attempt)
+    def take_progress(self, run: str) -> list[tuple[str, int]]:
+        return progress.take_collected(run)
 
-    seen: list[progress.Event] = []
-    with progress.listening(seen.append):
-        channel = progress.open_remote_channel(run)
-        assert ray.get([worker.remote("s1", 3), worker.remote("s2", 2)]) == [3, 2]
-        channel.close()  # drains what is still in flight
-    got = sorted((e.shard_id, e.rows) for e in seen if isinstance(e, progress.RowsDone) and e.rows)
-    assert got == [("s1", 4)] * 3 + [("s2", 4)] * 2
 
-    # A long-lived actor computing the same shard again for a re-run (a new channel under the
-    # same name) reports to the new channel, not to the closed one.
-    @ray.remote(num_cpus=0)
-    class Actor:
-        def attempt(self, shard: str, batches: int) -> int:
-            return attempt(shard, batches)
-
-    actor = Actor.remote()
-    for _ in range(2):
-        seen.clear()
-        with progress.listening(seen.append):
-            channel = progress.open_remote_channel(run)
-            assert ray.get(actor.attempt.remote("s1", 2)) == 2
-            channel.close()
-        assert [e.rows for e in seen if isinstance(e, progress.RowsDone) and e.rows] == [4, 4]
-    ray.kill(actor)
-    # nobody listening: no channel, and a worker's reports cost one failed lookup per shard
-    assert progress.open_remote_channel(run)._actor is None
-    assert ray.get(worker.remote("s3", 2)) == 2
+def _rows(seen: list[progress.Event]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in seen:
+        if isinstance(e, progress.RowsDone):
+            out[e.shard_id] = out.get(e.shard_id, 0) + e.rows
+    return out
 
 
 @pytest.mark.slow
-def test_an_early_pool_opens_its_channel_before_anyone_listens(ray_local: None) -> None:
-    # issue 14's early start: the pool starts before the CLI's display attaches. A shard attempt
-    # looks its channel up once, at its first micro-batch: the channel must exist by then (always)
-    # or the rest of that attempt's batches never reach the display that attaches meanwhile.
+def test_batches_computed_in_ray_actors_reach_the_driver(ray_local: None) -> None:
     import ray
 
-    @ray.remote(num_cpus=0)
-    class Attempt:
-        def __init__(self, run: str) -> None:
-            self.run = run
-            self.report = progress.rows_reporter(run, "s1")
+    actor_cls = ray.remote(num_cpus=0)(_ShardActorLike)
+    actors = [actor_cls.remote() for _ in range(2)]
+    run, other = "a" * 64, "d" * 64
+    seen: list[progress.Event] = []
+    with progress.listening(seen.append):
+        channel = progress.open_remote_channel(run, lambda: actors)
+        assert channel.open
+        calls = [actors[0].attempt.remote(run, "s1", 3), actors[1].attempt.remote(run, "s2", 2)]
+        # a warm actor serves another run meanwhile: that run's batches are not this one's
+        calls.append(actors[0].attempt.remote(other, "x1", 5))
+        assert ray.get(calls) == [3, 2, 5]
+        channel.close()  # takes what the polls have not
+    assert _rows(seen) == {"s1": 12, "s2": 8}
 
-        def batches(self, n: int) -> int:
-            for _ in range(n):
-                self.report(4)
-            # flush the fire-and-forget reports before the driver's last drain (see above)
-            with contextlib.suppress(ValueError):
-                ray.get(ray.get_actor(progress.channel_name(self.run)).add.remote("s1", 0))
-            return n
+    # the other run's driver takes its own batches, once
+    seen.clear()
+    with progress.listening(seen.append):
+        channel = progress.open_remote_channel(other, lambda: actors)
+        channel.close()
+        progress.open_remote_channel(other, lambda: actors).close()
+    assert _rows(seen) == {"x1": 20}
 
+    # nobody listening: no channel, and the actors keep counting without anyone to ask
+    assert not progress.open_remote_channel(run, lambda: actors).open
+    assert ray.get(actors[1].attempt.remote(run, "s3", 2)) == 2
+    for actor in actors:
+        ray.kill(actor)
+
+
+@pytest.mark.slow
+def test_a_display_that_attaches_after_the_pool_started_sees_every_batch(
+    ray_local: None,
+) -> None:
+    # issue 14's early start: the pool starts before the CLI's display attaches
+    import ray
+
+    actor = ray.remote(num_cpus=0)(_ShardActorLike).remote()
     got = {}
     for always in (True, False):
         run = ("b" if always else "c") * 64
         assert not progress.has_listeners()
-        channel = progress.open_remote_channel(run, always=always)
-        assert (channel._actor is not None) is always
-        attempt = Attempt.remote(run)  # type: ignore[attr-defined]
-        assert ray.get(attempt.batches.remote(1)) == 1  # the lookup, before anyone listens
+        channel = progress.open_remote_channel(run, lambda: [actor], always=always)
+        assert channel.open is always
+        assert ray.get(actor.attempt.remote(run, "s1", 1)) == 1  # before anyone listens
+        time.sleep(3 * progress.RemoteChannel.POLL_SECONDS)  # polls pass meanwhile
         seen: list[progress.Event] = []
         with progress.listening(seen.append):
-            late = progress.open_remote_channel(run)  # what a pool started now would open
-            assert ray.get(attempt.batches.remote(3)) == 3
+            assert ray.get(actor.attempt.remote(run, "s1", 3)) == 3
             channel.close()
-            late.close()
-        ray.kill(attempt)
-        got[always] = [e.rows for e in seen if isinstance(e, progress.RowsDone) and e.rows]
-    # the later batches arrive (the first one may have been drained before the display existed)
-    assert got[True][-3:] == [4, 4, 4] and len(got[True]) in (3, 4)
-    assert got[False] == []  # the attempt found no channel and stopped looking
+        got[always] = _rows(seen)
+    assert got[True] == {"s1": 16}  # every batch, the one before the display included
+    assert got[False] == {}  # a pool whose runner never listens opens no channel
+    ray.kill(actor)
+
+
+def test_an_actor_keeps_the_counts_of_a_bounded_number_of_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(progress, "_collecting", True)
+    monkeypatch.setattr(progress, "_collected", {})
+    for k in range(progress.MAX_RUNS_KEPT + 10):
+        progress.rows_reporter(f"run{k}", "s")(1)  # runs nobody follows
+    assert len(progress._collected) == progress.MAX_RUNS_KEPT
+    assert progress.take_collected("run0") == []  # the oldest went first
+    last = f"run{progress.MAX_RUNS_KEPT + 9}"
+    assert progress.take_collected(last) == [("s", 1)]
+    assert progress.take_collected(last) == []  # taken once
