@@ -22,13 +22,13 @@ from typing import Any
 
 
 def process_start_time() -> float:
-    """This process's start as a Unix time (/proc/self/stat starttime + the boot time)."""
+    """This process's start as a Unix time: /proc/self/stat's starttime (clock ticks since boot)
+    plus the boot time. The boot time comes from /proc/uptime (10 ms resolution), not from
+    /proc/stat's ``btime``, which is whole seconds: that rounding put every "from process start"
+    time up to 1 s late (0.6 s on the machine of run 11)."""
     ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-    boot = next(
-        float(line.split()[1])
-        for line in Path("/proc/stat").read_text().splitlines()
-        if line.startswith("btime ")
-    )
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    boot = time.time() - uptime
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
