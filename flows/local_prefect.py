@@ -37,8 +37,6 @@ SERVER_ENV = {
 }
 #: Prefect's own start-up timeout setting, honoured here; the CLI sets 120 s when unset.
 TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-#: Ports tried when another process takes the chosen one between choice and bind.
-PORT_ATTEMPTS = 3
 
 # Runs in the child before uvicorn: ask the kernel for SIGTERM when the thread that started it
 # ends (PR_SET_PDEATHSIG survives exec), and give up if that already happened. Linux only;
@@ -69,17 +67,26 @@ class LocalPrefectServer:
         return f"http://127.0.0.1:{self.port}/api"
 
     def _spawn(self) -> None:
-        self.port = free_loopback_port()
-        app_dir = _site_packages_of("prefect")
-        cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
-        cmd += ["--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app"]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--log-level", "error", "--lifespan", "on"]
-        # output to this process's stdout/stderr, as Prefect's own server: during `augflow run`
-        # they are the run's log file (flows/quiet.py), or the terminal with --verbose
-        self.process = subprocess.Popen(
-            cmd, env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL
-        )
+        # The socket is bound here and handed to uvicorn (--fd): no other process can take the
+        # port between its choice and the server's start, and the URL is known at once.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+            app_dir = _site_packages_of("prefect")
+            cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
+            cmd += ["--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app"]
+            cmd += ["--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"]
+            # output to this process's stdout/stderr, as Prefect's own server: during
+            # `augflow run` they are the run's log file (flows/quiet.py), or the terminal
+            self.process = subprocess.Popen(
+                cmd,
+                env={**os.environ, **SERVER_ENV},
+                stdin=subprocess.DEVNULL,
+                pass_fds=(sock.fileno(),),
+            )
+        finally:
+            sock.close()  # the server holds its own copy
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Return once the server answers its health check; OrchestrationError if it exits or
@@ -87,16 +94,11 @@ class LocalPrefectServer:
         if timeout_s is None:
             timeout_s = float(os.environ.get(TIMEOUT_SETTING) or 20)
         deadline = time.monotonic() + timeout_s
-        attempts = 1
         while time.monotonic() < deadline:
             if self.process is None:  # stopped meanwhile (exit)
                 raise OrchestrationError("the local Prefect server was stopped while starting")
             code = self.process.poll()
             if code is not None:
-                if attempts < PORT_ATTEMPTS and _taken(self.port):
-                    attempts += 1  # another process bound the port between our choice and uvicorn
-                    self._spawn()
-                    continue
                 raise OrchestrationError(
                     f"the local Prefect server exited with code {code} while starting (its "
                     "output is in this run's log). Check PREFECT_HOME and its database, or set "
@@ -150,16 +152,6 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _taken(port: int) -> bool:
-    """Whether another process holds ``port`` on 127.0.0.1 (a bind there fails)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def _site_packages_of(package: str) -> str:

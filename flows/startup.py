@@ -6,8 +6,9 @@ process) and Great Expectations (an import of seconds). None of them needs anoth
 :func:`start_early` — called by the CLI before it imports Prefect — starts Prefect's server
 process (:mod:`augflow.flows.local_prefect`, when no ``PREFECT_API_URL`` is set), then Ray, the
 actors and the first shards in this thread (Ray wants the main thread for its signal handlers),
-imports Prefect's client in another while the server starts, and :func:`warm_up_validation` imports GX in the background once Prefect is up. The
-flow then attaches to the running pool (:func:`augflow.tasks.execute.start_early`).
+imports Prefect's client in another while the server starts, and :func:`warm_up_validation`
+imports GX in the background once Prefect is up. The flow then attaches to the running pool
+(:func:`augflow.tasks.execute.start_early`).
 
 Nothing here imports Prefect at module level: the point is to start Ray before Prefect's import.
 """

@@ -184,24 +184,19 @@ def test_a_server_that_does_not_answer_in_time_is_stopped_and_named(
     assert _gone_within(pid, 10)
 
 
-def test_a_taken_port_is_retried_on_another_and_stop_ends_the_server(
+def test_the_port_is_the_servers_from_the_start_and_stop_ends_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    ports = iter([taken.getsockname()[1]])
-    free = local_prefect.free_loopback_port
-    monkeypatch.setattr(local_prefect, "free_loopback_port", lambda: next(ports, None) or free())
     server = _server(monkeypatch, tmp_path)
     try:
-        assert server.port == taken.getsockname()[1]
+        # bound before the server process started: nobody can take it while the server imports
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", server.port))
         server.wait_ready(120)
-        assert server.port != taken.getsockname()[1] and local_prefect._healthy(server.port)
+        assert local_prefect._healthy(server.port)
         proc = server.process
     finally:
         server.stop()
-        taken.close()
     assert server.process is None
     assert proc.returncode in (0, -signal.SIGTERM)  # stopped as Prefect stops its own
     assert not local_prefect._healthy(server.port)
