@@ -25,7 +25,9 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from augflow.schemas.errors import OrchestrationError
 
@@ -133,10 +135,11 @@ class LocalPrefectServer:
 
 def start() -> LocalPrefectServer | None:
     """Start the run's server and point this process at it; None (Prefect decides) when a
-    ``PREFECT_API_URL`` is set, or when Prefect is already imported here (its settings were read,
+    ``PREFECT_API_URL`` is set (in the environment or anywhere else Prefect reads settings
+    from: :func:`api_url_configured_elsewhere`), or when Prefect is already imported here (its settings were read,
     so the URL set now would not reach it), or when called off the main thread (the kernel ties
     the parent-death signal to the thread that started the process)."""
-    if os.environ.get("PREFECT_API_URL"):
+    if os.environ.get("PREFECT_API_URL") or api_url_configured_elsewhere():
         return None
     if "prefect" in sys.modules or threading.current_thread() is not threading.main_thread():
         return None
@@ -145,6 +148,53 @@ def start() -> LocalPrefectServer | None:
     server = LocalPrefectServer()
     os.environ["PREFECT_API_URL"] = server.url
     return server
+
+
+def api_url_configured_elsewhere(cwd: Path | None = None) -> bool:
+    """Whether Prefect could find an API URL outside the environment: in the active profile
+    (``profiles.toml``), in ``.env``, ``prefect.toml`` or ``pyproject.toml`` of the working
+    folder. Read without importing Prefect; anything unreadable counts as configured, so a
+    server the user set up is never bypassed."""
+    cwd = Path.cwd() if cwd is None else cwd
+    try:
+        env_file = cwd / ".env"
+        if env_file.is_file() and "PREFECT_" in env_file.read_text(errors="replace"):
+            return True
+        prefect_toml = _toml(cwd / "prefect.toml")
+        if prefect_toml.get("profiles_path") or (prefect_toml.get("api") or {}).get("url"):
+            return True
+        tool = (_toml(cwd / "pyproject.toml").get("tool") or {}).get("prefect") or {}
+        if tool.get("profiles_path") or (tool.get("api") or {}).get("url"):
+            return True
+        return bool(_active_profile().get("PREFECT_API_URL"))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def _active_profile() -> dict[str, Any]:
+    """The settings of Prefect's active profile, found as Prefect finds it."""
+    builtin = Path(_site_packages_of("prefect")) / "prefect" / "settings" / "profiles.toml"
+    if os.environ.get("PREFECT_PROFILES_PATH"):
+        path = Path(os.environ["PREFECT_PROFILES_PATH"])
+    elif os.environ.get("PREFECT_HOME"):
+        path = Path(os.environ["PREFECT_HOME"]).expanduser() / "profiles.toml"
+    else:
+        path = Path("~/.prefect/profiles.toml").expanduser()
+    data = _toml(path) if path.is_file() else {}
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active")
+    profiles = data.get("profiles") or {}
+    if active and active in profiles:
+        return dict(profiles[active])
+    defaults = _toml(builtin)
+    name = active if not data and active else defaults.get("active", "ephemeral")
+    return dict((defaults.get("profiles") or {}).get(name) or {})
 
 
 def free_loopback_port() -> int:

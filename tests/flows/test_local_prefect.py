@@ -200,3 +200,47 @@ def test_the_port_is_the_servers_from_the_start_and_stop_ends_it(
     assert server.process is None
     assert proc.returncode in (0, -signal.SIGTERM)  # stopped as Prefect stops its own
     assert not local_prefect._healthy(server.port)
+
+
+def test_an_api_url_set_where_prefect_reads_settings_is_never_bypassed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`prefect config set PREFECT_API_URL=...` (the active profile), `.env`, `prefect.toml` and
+    `pyproject.toml` set an API URL as well as the environment does: the run then uses it, not a
+    server of its own."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    configured = local_prefect.api_url_configured_elsewhere
+    assert configured() is False  # nothing anywhere: the run may start its own
+
+    url = 'PREFECT_API_URL = "http://127.0.0.1:4200/api"'
+    profiles = home / "profiles.toml"
+    profiles.write_text(f'active = "team"\n[profiles.team]\n{url}\n[profiles.other]\n')
+    assert configured() is True
+    monkeypatch.setenv("PREFECT_PROFILE", "other")  # a profile without one
+    assert configured() is False
+    profiles.unlink()
+    monkeypatch.setenv("PREFECT_PROFILE", "local")  # Prefect's own profile with a URL
+    monkeypatch.delenv("PREFECT_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.prefect/profiles.toml either
+    assert configured() is True
+    monkeypatch.delenv("PREFECT_PROFILE")
+    assert configured() is False
+
+    for name, text in [
+        (".env", "PREFECT_API_URL=http://127.0.0.1:4200/api\n"),
+        ("prefect.toml", '[api]\nurl = "http://127.0.0.1:4200/api"\n'),
+        ("pyproject.toml", '[tool.prefect.api]\nurl = "http://127.0.0.1:4200/api"\n'),
+        ("prefect.toml", "not = [valid toml"),  # unreadable: assume it says something
+    ]:
+        (work / name).write_text(text)
+        assert configured() is True, name
+        assert local_prefect.start() is None
+        (work / name).unlink()
+    (work / "pyproject.toml").write_text('[project]\nname = "x"\n')  # an ordinary project
+    assert configured() is False
