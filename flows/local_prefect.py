@@ -75,7 +75,7 @@ class LocalPrefectServer:
         try:
             sock.bind(("127.0.0.1", 0))
             self.port = int(sock.getsockname()[1])
-            app_dir = _site_packages_of("prefect")
+            app_dir = str(_package_dir("prefect").parent)
             cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
             cmd += ["--app-dir", app_dir, "--factory", "prefect.server.api.server:create_app"]
             cmd += ["--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"]
@@ -136,9 +136,9 @@ class LocalPrefectServer:
 def start() -> LocalPrefectServer | None:
     """Start the run's server and point this process at it; None (Prefect decides) when a
     ``PREFECT_API_URL`` is set (in the environment or anywhere else Prefect reads settings
-    from: :func:`api_url_configured_elsewhere`), or when Prefect is already imported here (its settings were read,
-    so the URL set now would not reach it), or when called off the main thread (the kernel ties
-    the parent-death signal to the thread that started the process)."""
+    from: :func:`api_url_configured_elsewhere`), or when Prefect is already imported here (its
+    settings were read, so the URL set now would not reach it), or when called off the main
+    thread (the kernel ties the parent-death signal to the thread that started the process)."""
     if os.environ.get("PREFECT_API_URL") or api_url_configured_elsewhere():
         return None
     if "prefect" in sys.modules or threading.current_thread() is not threading.main_thread():
@@ -180,7 +180,7 @@ def _toml(path: Path) -> dict[str, Any]:
 
 def _active_profile() -> dict[str, Any]:
     """The settings of Prefect's active profile, found as Prefect finds it."""
-    builtin = Path(_site_packages_of("prefect")) / "prefect" / "settings" / "profiles.toml"
+    builtin = _package_dir("prefect") / "settings" / "profiles.toml"
     if os.environ.get("PREFECT_PROFILES_PATH"):
         path = Path(os.environ["PREFECT_PROFILES_PATH"])
     elif os.environ.get("PREFECT_HOME"):
@@ -197,19 +197,12 @@ def _active_profile() -> dict[str, Any]:
     return dict((defaults.get("profiles") or {}).get(name) or {})
 
 
-def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it, or retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _site_packages_of(package: str) -> str:
+def _package_dir(package: str) -> Path:
     # find_spec of a top-level package locates it without importing it
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise OrchestrationError(f"{package} is not installed; reinstall augflow")
-    return str(Path(next(iter(spec.submodule_search_locations))).parent)
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _healthy(port: int) -> bool:

@@ -42,8 +42,6 @@ from typing import Annotated, Any
 
 import typer
 
-from augflow.flows.local_prefect import free_loopback_port
-
 #: How often the Prefect worker asks for scheduled runs unless PREFECT_WORKER_QUERY_SECONDS is set
 #: (Prefect's default, 10 s, would be most of a warm request's wait).
 QUERY_SECONDS = "1"
@@ -183,7 +181,7 @@ def long_lived_ray(cpus: int | None = None) -> Iterator[dict[str, str]]:
     token = root / "token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    port = free_loopback_port()
+    port = _free_port()
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN_PATH=str(token),
@@ -200,8 +198,8 @@ def long_lived_ray(cpus: int | None = None) -> Iterator[dict[str, str]]:
         f"--port={port}",
         f"--temp-dir={root / 'ray'}",
         "--include-dashboard=false",
-        f"--dashboard-port={free_loopback_port()}",
-        f"--dashboard-agent-listen-port={free_loopback_port()}",
+        f"--dashboard-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
         "--disable-usage-stats",
         f"--system-config={json.dumps(local_system_config())}",
     ]
@@ -267,6 +265,12 @@ def _forward_signals(proc: subprocess.Popen[bytes]) -> Callable[[], None]:
             signal.signal(sig, handler)
 
     return restore
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _wait_for_port(

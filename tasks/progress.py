@@ -10,9 +10,9 @@ rows of its micro-batches per run and shard in its own process (:func:`collect_h
 actors for their counts a few times a second and emits :class:`RowsDone` here. No process of its
 own and no message per micro-batch: a channel costs one small call per actor per poll, and none
 when nobody listens. Counts wait in the actor until someone listens, so a display that attaches
-after the pool started still sees every batch. Shard results stay authoritative: when a shard finishes, its
-:class:`~augflow.schemas.records.ShardResult` replaces the partial count of its batches (a retried
-shard is not counted twice).
+after the pool started still sees every batch. Shard results stay authoritative: when a shard
+finishes, its :class:`~augflow.schemas.records.ShardResult` replaces the partial count of its
+batches (a retried shard is not counted twice).
 
 A listener that raises is logged and dropped from that event: progress never fails a run.
 """
