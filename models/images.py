@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from augflow.models.png import encode_png_array
 from augflow.schemas.errors import ImageRejected
 
 if TYPE_CHECKING:  # decoding needs no torch: the flow process decodes previews without it
@@ -44,9 +45,11 @@ __all__ = [
     "DecodeLimits",
     "Decoded",
     "ImageRejected",
+    "chw_to_uint8",
     "decode_image",
     "decode_within",
     "encode_png",
+    "host_float_images",
     "open_image",
     "pil_to_tensor",
     "sniff_format",
@@ -64,6 +67,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 #: Seconds one decode may take (a 64 MP PNG decodes in about a second on one core).
 DECODE_TIMEOUT_S = 30.0
 PNG_COMPRESS_LEVEL = 6
+#: modes whose pixels numpy sees as uint8 (H, W[, C]) with the channels PNG stores
+_FAST_PNG_MODES = ("L", "LA", "RGB", "RGBA")
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -353,9 +358,19 @@ def _unidentified(data: bytes) -> str:
 
 
 def encode_png(img: Image.Image) -> bytes:
-    """Encode as PNG with no metadata, so equal pixels always give equal bytes."""
-    # A fresh image drops .info (ICC profile, EXIF, text), which PNG save would otherwise copy.
+    """Encode as PNG with no metadata, so equal pixels always give equal bytes.
+
+    8-bit grey, RGB and their alpha variants go through the fast encoder (models/png.py); other
+    modes (palette, 16-bit, CMYK...) through Pillow."""
+    if img.mode in _FAST_PNG_MODES:
+        return encode_png_array(np.asarray(img))
+    # A fresh image drops .info (ICC profile, EXIF, text), which PNG save would otherwise copy;
+    # a palette and its transparency are pixels, not metadata, and come along.
     clean = Image.frombytes(img.mode, img.size, img.tobytes())
+    if img.mode in ("P", "PA") and img.palette is not None:
+        clean.putpalette(img.getpalette() or [])
+        if "transparency" in img.info:
+            clean.info["transparency"] = img.info["transparency"]
     buf = io.BytesIO()
     clean.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
     return buf.getvalue()
@@ -374,15 +389,54 @@ def tensor_to_uint8(x: torch.Tensor) -> tuple[np.ndarray, list[bool]]:
     """(B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) and, per image, whether it had NaN/inf.
 
     Non-finite values never crash the run: they become 0 (mid grey) / ±1 so a PNG is still made
-    and the quality gate, not an exception, decides.
+    and the quality gate, not an exception, decides. On an accelerator the arithmetic runs there
+    and only the uint8 pixels are copied to the host (a quarter of the float bytes, no host CPU);
+    a CPU tensor goes through :func:`chw_to_uint8`, image by image. Both give the same bytes.
     """
+    if x.device.type != "cpu":
+        return _tensor_to_uint8_on_device(x)
+    pairs = [chw_to_uint8(img) for img in host_float_images(x)]
+    arr = np.stack([a for a, _ in pairs]) if pairs else np.empty((0, *x.shape[2:], 3), np.uint8)
+    return arr, [bad for _, bad in pairs]
+
+
+def host_float_images(x: torch.Tensor) -> list[np.ndarray]:
+    """The (3, H, W) float32 numpy images of a CPU batch, without copying float32 storage."""
     import torch
 
-    x = x.detach().to("cpu", torch.float32)
+    return list(x.detach().to(torch.float32).numpy())
+
+
+def chw_to_uint8(chw: np.ndarray) -> tuple[np.ndarray, bool]:
+    """One (3, H, W) float image in [-1, 1] -> uint8 (H, W, 3), and whether it had NaN/inf.
+
+    The same bytes as the tensor path: round((x + 1) * 127.5) in float32, halves to even, after
+    NaN -> 0 and ±inf -> ±1. numpy's loops run ~4x faster than torch's CPU kernels on one thread
+    (fewer passes, no 25 MB temporaries per batch) and release the GIL, so encode threads convert
+    images in parallel.
+    """
+    bad = not bool(np.isfinite(chw).all())
+    if bad:
+        chw = np.nan_to_num(chw, nan=0.0, posinf=1.0, neginf=-1.0)
+    # the first pass reads the planes as (H, W, 3) and writes them contiguous: no later transpose
+    scaled = np.add(chw.transpose(1, 2, 0), np.float32(1.0), dtype=np.float32, order="C")
+    scaled *= np.float32(127.5)
+    np.rint(scaled, out=scaled)
+    # clipping after scaling equals clamping to [-1, 1] before it: both end at 0 and 255
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8), bad
+
+
+def _tensor_to_uint8_on_device(x: torch.Tensor) -> tuple[np.ndarray, list[bool]]:
+    import torch
+
+    x = x.detach().to(torch.float32)
     finite = torch.isfinite(x).flatten(1).all(dim=1)
-    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
-    arr = ((x + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return arr, [not bool(f) for f in finite]
+    if not bool(finite.all()):
+        x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    scaled = (x + 1.0).mul_(127.5).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    arr = scaled.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return arr, [not bool(f) for f in finite.cpu()]
 
 
 def tensor_to_pil(x: torch.Tensor) -> tuple[list[Image.Image], list[bool]]:

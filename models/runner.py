@@ -37,6 +37,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -50,9 +51,10 @@ from augflow.models.families.sr3 import SR3Family
 from augflow.models.families.text import TextLatentFamily
 from augflow.models.families.unet import UNetFamily
 from augflow.models.families.upscalers import UpscalerFamily
-from augflow.models.images import encode_png, tensor_to_uint8
+from augflow.models.images import chw_to_uint8, host_float_images, tensor_to_uint8
 from augflow.models.loading import LoadedPipeline, load_pipeline
 from augflow.models.metrics import compute_metrics
+from augflow.models.png import encode_png_array
 from augflow.models.speed import (
     SpeedOptions,
     apply_speedups,
@@ -118,6 +120,10 @@ class PendingOutputs:
     def result(self) -> list[ImageOutput]:
         """Wait for the encodings; one output per item, in call order."""
         return [f.result() for f in self._slots]
+
+
+def _given(arr: np.ndarray, has_nan: bool) -> tuple[np.ndarray, bool]:
+    return arr, has_nan
 
 
 def _done(out: ImageOutput) -> Future[ImageOutput]:
@@ -298,38 +304,46 @@ class AugmentModel:
                 f"family {self.family.name!r} returned images of shape {tuple(x.shape)}; "
                 f"expected ({len(items)}, 3, H, W)"
             )
-        arrays, nan_flags = tensor_to_uint8(x)
+        pixels: list[Callable[[], tuple[np.ndarray, bool]]]
+        if x.device.type == "cpu" and self._encoder is not None:
+            # the float -> uint8 conversion is host work like the encoding: it moves to the
+            # encode threads too, so the compute lock is free for the next micro-batch sooner
+            pixels = [functools.partial(chw_to_uint8, img) for img in host_float_images(x)]
+        else:  # on an accelerator the conversion runs there; the copy to the host is the wait
+            arrays, nan_flags = tensor_to_uint8(x)
+            pixels = [
+                functools.partial(_given, a, bad) for a, bad in zip(arrays, nan_flags, strict=True)
+            ]
         if self.first_batch_done_at is None:
             self.first_batch_done_at = time.time()
-        masks = computed.masks or [None] * len(arrays)
+        masks = computed.masks or [None] * len(pixels)
         return [
             functools.partial(
                 self._encode,
-                arr,
-                has_nan,
+                pix,
                 ref,
                 None if src is None else src.size,
                 item.row_id,
                 mask,
             )
-            for arr, has_nan, ref, src, item, mask in zip(
-                arrays, nan_flags, computed.references, sources, items, masks, strict=True
+            for pix, ref, src, item, mask in zip(
+                pixels, computed.references, sources, items, masks, strict=True
             )
         ]
 
     def _encode(
         self,
-        arr: Any,
-        has_nan: bool,
+        pixels: Callable[[], tuple[np.ndarray, bool]],
         reference: Image.Image | None,
         source_size: tuple[int, int] | None,
         row_id: str,
         mask: Image.Image | None = None,
     ) -> ImageOutput:
-        """PNG bytes and per-row metrics of one computed image; a failure fails this item only."""
+        """PNG bytes and per-row metrics of one computed image (``pixels`` gives its uint8 array
+        and whether it had NaN/inf); a failure fails this item only."""
         try:
-            img = Image.fromarray(arr)
-            png = encode_png(img)
+            arr, has_nan = pixels()
+            png = encode_png_array(arr)
             metrics = compute_metrics(
                 png,
                 faithfulness=self.op.faithfulness,
@@ -337,15 +351,16 @@ class AugmentModel:
                 has_nan=has_nan,
                 min_pixel_std=self.request.quality.min_pixel_std,
                 reference=reference,
+                pixels=arr,
             )
-            metrics.update(self._effects(img, reference, mask))
+            metrics.update(self._effects(arr, reference, mask))
         except Exception as exc:
             log.warning("item %s failed to encode: %s", row_id, exc)
             return ImageOutput(None, None, f"{type(exc).__name__}: {exc}")
         return ImageOutput(png, metrics)
 
     def _effects(
-        self, output: Image.Image, reference: Image.Image | None, mask: Image.Image | None = None
+        self, output: np.ndarray, reference: Image.Image | None, mask: Image.Image | None = None
     ) -> dict[str, Any]:
         """The row's effect metrics (models/effects.py), from the image just encoded (PNG is
         lossless), the reference the family returned and, for inpaint, the mask it painted under.
@@ -358,7 +373,7 @@ class AugmentModel:
         if kind not in EFFECT_OPERATIONS or kind == "generate" or missing:
             return dict.fromkeys(EFFECT_NAMES)
         try:
-            return effect_metrics(kind, output, reference, mask=mask)
+            return effect_metrics(kind, Image.fromarray(output), reference, mask=mask)
         except Exception as exc:  # any failure is "not measured", which the gate reports
             log.warning("effect metrics of a %s row could not be computed: %s", kind, exc)
             return dict.fromkeys(EFFECT_NAMES)

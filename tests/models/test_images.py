@@ -11,15 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
+from augflow.models import images
 from augflow.models.images import (
     DecodeLimits,
     ImageRejected,
+    chw_to_uint8,
     decode_image,
     decode_within,
     encode_png,
+    host_float_images,
     open_image,
     pil_to_tensor,
     tensor_to_pil,
+    tensor_to_uint8,
 )
 from augflow.schemas import errors
 
@@ -288,3 +292,44 @@ def test_nan_tensor_still_converts() -> None:
     imgs, nan = tensor_to_pil(x)
     assert nan == [False, True]
     assert len(imgs) == 2
+
+
+def _reference_uint8(x: torch.Tensor) -> np.ndarray:
+    """The conversion as first written (torch, clamp before scaling): every path must match it."""
+    x = x.detach().to("cpu", torch.float32)
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1.0, 1.0)
+    return ((x + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_every_conversion_path_gives_the_same_bytes(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 19, 23, generator=g) * 2.4 - 1.2  # some values out of [-1, 1]
+    x[1, 0, 0, 0] = float("nan")
+    x[2, 1, 3, 4], x[2, 2, 3, 4] = float("inf"), -float("inf")
+    # values that land exactly on .5 after scaling (round half to even must agree)
+    k = torch.arange(255, dtype=torch.float32)
+    x[3].view(-1)[:255] = (k + 0.5) / 127.5 - 1
+    x = x.to(dtype)
+    expected = _reference_uint8(x)
+    host, flags = tensor_to_uint8(x)
+    device, device_flags = images._tensor_to_uint8_on_device(x)  # the accelerator path, on CPU
+    per_image = [chw_to_uint8(a) for a in host_float_images(x)]
+    assert np.array_equal(host, expected) and np.array_equal(device, expected)
+    assert all(np.array_equal(a, e) for (a, _), e in zip(per_image, expected, strict=True))
+    assert flags == device_flags == [bad for _, bad in per_image] == [False, True, True, False]
+    assert host.flags["C_CONTIGUOUS"] and per_image[0][0].flags["C_CONTIGUOUS"]
+
+
+def test_an_empty_batch_converts_to_an_empty_array() -> None:
+    arr, flags = tensor_to_uint8(torch.zeros(0, 3, 5, 7))
+    assert arr.shape == (0, 5, 7, 3) and arr.dtype == np.uint8 and flags == []
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA", "P", "I;16", "1"])
+def test_encode_png_keeps_every_modes_pixels(mode: str) -> None:
+    img = _noise().convert(mode)
+    back = Image.open(io.BytesIO(encode_png(img)))
+    assert back.mode == mode
+    assert np.array_equal(np.asarray(back), np.asarray(img))
+    assert np.array_equal(np.asarray(back.convert("RGBA")), np.asarray(img.convert("RGBA")))

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from augflow.models.images import encode_png
-from augflow.models.metrics import PSNR_CAP_DB, compute_metrics, psnr
+from augflow.models.metrics import PSNR_CAP_DB, compute_metrics, mean_and_std, psnr
+from augflow.models.png import encode_png_array
 from augflow.schemas.rows import METRIC_FIELDS
 
 
@@ -92,3 +93,37 @@ def test_undecodable_png_is_a_row_not_a_crash() -> None:
     assert m["decodable"] is False
     assert (m["width"], m["height"], m["expected_width"]) == (0, 0, 4)
     assert m["has_nan"] is True
+
+
+@pytest.mark.parametrize("faithfulness", ["same_size", "downscaled", "none"])
+def test_the_encoders_pixels_give_the_metrics_of_the_decoded_png(faithfulness) -> None:
+    rng = np.random.default_rng(4)
+    out = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    ref = _img(rng.integers(0, 256, (6, 9, 3)) if faithfulness == "downscaled" else out // 2)
+    png = encode_png_array(out)
+    kw = dict(faithfulness=faithfulness, expected_size=(18, 12), has_nan=False, min_pixel_std=2.0)
+    decoded = compute_metrics(png, reference=ref, **kw)
+    assert compute_metrics(png, reference=ref, pixels=out, **kw) == decoded
+    assert decoded["decodable"] and (decoded["width"], decoded["height"]) == (18, 12)
+    # no PNG at all is still "not decodable", whatever pixels came with it
+    assert compute_metrics(None, pixels=out, **kw)["decodable"] is False
+
+
+def test_mean_and_std_match_float64() -> None:
+    for seed, shape in enumerate([(1, 1, 3), (7, 5), (64, 48, 3), (3, 300, 4)]):
+        pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+        mean, std = mean_and_std(pixels)
+        as_float = pixels.astype(np.float64)
+        assert mean == pytest.approx(as_float.mean(), abs=1e-9)
+        assert std == pytest.approx(as_float.std(), abs=1e-9)
+    assert mean_and_std(np.full((4, 4, 3), 200, np.uint8)) == (200.0, 0.0)
+
+
+def test_mean_and_std_over_several_blocks(monkeypatch) -> None:
+    from augflow.models import metrics
+
+    pixels = np.random.default_rng(9).integers(0, 256, (50, 41, 3), dtype=np.uint8)
+    whole = mean_and_std(pixels)
+    monkeypatch.setattr(metrics, "_SUM_BLOCK", 1000)  # 7 blocks, the last one short
+    assert mean_and_std(pixels) == whole
+    assert whole[1] == pytest.approx(pixels.astype(np.float64).std(), abs=1e-9)

@@ -32,14 +32,14 @@ def test_submit_returns_before_the_encodings_finish(ddpm_dir: Path, monkeypatch)
     req = _request(ddpm_dir, 4)
     items = items_for(req, 0)
     release = threading.Event()
-    real = runner.encode_png
+    real = runner.encode_png_array
 
-    def held(img):  # every encoding waits until the caller got its PendingOutputs back
+    def held(pixels):  # every encoding waits until the caller got its PendingOutputs back
         if not release.wait(60):
             raise TimeoutError("submit waited for the encoder")
-        return real(img)
+        return real(pixels)
 
-    monkeypatch.setattr(runner, "encode_png", held)
+    monkeypatch.setattr(runner, "encode_png_array", held)
     model = AugmentModel(req, "cpu", encode_threads=2)
     pending = model.submit(items, [None] * 4)
     assert model.first_batch_done_at is not None  # computed ...
@@ -52,14 +52,14 @@ def test_submit_returns_before_the_encodings_finish(ddpm_dir: Path, monkeypatch)
 def test_an_encoding_failure_fails_only_its_item(ddpm_dir: Path, monkeypatch) -> None:
     req = _request(ddpm_dir, 4)
     calls = itertools.count()
-    real = runner.encode_png
+    real = runner.encode_png_array
 
-    def flaky(img):
+    def flaky(pixels):
         if next(calls) == 1:
             raise OSError("encoder gave up")
-        return real(img)
+        return real(pixels)
 
-    monkeypatch.setattr(runner, "encode_png", flaky)
+    monkeypatch.setattr(runner, "encode_png_array", flaky)
     outs = AugmentModel(req, "cpu", encode_threads=2)(items_for(req, 0), [None] * 4)
     errors = [o.error for o in outs if o.error]
     assert errors == ["OSError: encoder gave up"]

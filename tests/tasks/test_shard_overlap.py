@@ -33,7 +33,7 @@ def test_the_next_shard_computes_while_this_one_encodes(
     computing: list[str] = []
     second_computed = threading.Event()
     family = worker.model.family
-    real_compute, real_encode = family.compute, runner.encode_png
+    real_compute, real_encode = family.compute, runner.encode_png_array
 
     def compute(items, sources, generators):
         out = real_compute(items, sources, generators)
@@ -42,13 +42,13 @@ def test_the_next_shard_computes_while_this_one_encodes(
             second_computed.set()
         return out
 
-    def encode(img):  # the first shard's images wait for the second shard's compute
+    def encode(pixels):  # the first shard's images wait for the second shard's compute
         if not second_computed.wait(120):
             raise TimeoutError("the second shard never computed: the lock covers encoding")
-        return real_encode(img)
+        return real_encode(pixels)
 
     monkeypatch.setattr(family, "compute", compute)
-    monkeypatch.setattr(runner, "encode_png", encode)
+    monkeypatch.setattr(runner, "encode_png_array", encode)
     results: dict[str, object] = {}
 
     def run(shard) -> None:
