@@ -232,9 +232,13 @@ def storage(p: dict[str, Any]) -> dict[str, Any]:
 
         return wrapper
 
+    # the names the shard worker and the runner call (each module's own reference)
+    runner.tensor_to_uint8 = timed(runner.tensor_to_uint8, "png_encode_and_metrics")
+    runner.chw_to_uint8 = timed(runner.chw_to_uint8, "png_encode_and_metrics")
     runner.encode_png_array = timed(runner.encode_png_array, "png_encode_and_metrics")
     runner.compute_metrics = timed(runner.compute_metrics, "png_encode_and_metrics")
-    Storage.write_parquet = timed(Storage.write_parquet, "parquet_encode_and_write")
+    shard_worker.parquet_bytes = timed(shard_worker.parquet_bytes, "parquet_encode_and_write")
+    Storage.write_bytes = timed(Storage.write_bytes, "parquet_encode_and_write")
     Storage.create_json_exclusive = timed(Storage.create_json_exclusive, "marker_write")
     out: dict[str, Any] = {}
     for label, uri in p["targets"].items():

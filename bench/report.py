@@ -317,7 +317,7 @@ def _storage(st: dict[str, Any]) -> list[str]:
     out = [
         "## 7. Storage — share of a ShardWorker's wall time spent encoding and writing",
         "",
-        "| target / model | wall s | PNG encode + metrics s | Parquet encode + write s | "
+        "| target / model | wall s | to uint8 + PNG + metrics s | Parquet encode + write s | "
         "marker s | share |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]

@@ -42,7 +42,9 @@ FULL: dict[str, Any] = {
         "seconds": 0.04,
         "batch": 8,
         "side": 512,
-        "n": 128,
+        # 64 batches, 16 shards: long enough that an encoder slower than the device shows (a
+        # backlog of 2 shards in flight hides it over 16 batches)
+        "n": 512,
         "shard_size": 32,
         "encode_threads": [0, 1, 2],
         "repeats": 3,

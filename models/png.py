@@ -66,10 +66,12 @@ def encode_png_array(pixels: np.ndarray) -> bytes:
     filtered[0, 1:] = rows[0]  # the row above the first one counts as zeros
     # uint8 arithmetic wraps modulo 256, which is exactly what the Up filter stores
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-    raw = memoryview(filtered.reshape(-1).data)
-    stream = isal_zlib.compress(raw, _DEFLATE_LEVEL)
+    flat = filtered.reshape(-1)
+    stream = isal_zlib.compress(memoryview(flat.data), _DEFLATE_LEVEL)
     try:
-        same = isal_zlib.decompress(stream) == raw
+        # numpy compares in one C loop; `bytes == memoryview` would go byte by byte (~15x slower,
+        # holding the GIL the device's thread is waiting for)
+        same = np.array_equal(np.frombuffer(isal_zlib.decompress(stream), np.uint8), flat)
     except Exception:  # isal's IsalError: a stream it cannot inflate is the same fault
         same = False
     if not same:

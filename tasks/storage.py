@@ -716,11 +716,13 @@ def _unquote(etag: Any) -> str | None:
 
 def parquet_bytes(table: pa.Table, **kwargs: Any) -> bytes:
     """``table`` encoded as one Parquet file, with augflow's codec defaults."""
-    buf = io.BytesIO()
+    # an Arrow buffer, not io.BytesIO: every page written to a Python file object takes the GIL
+    # (2x slower, and it stalls the threads that feed the device)
+    buf = pa.BufferOutputStream()
     for name, value in _codec_defaults(table.schema).items():
         kwargs.setdefault(name, value)
     pq.write_table(table, buf, **kwargs)
-    return buf.getvalue()
+    return buf.getvalue().to_pybytes()
 
 
 def _codec_defaults(schema: pa.Schema) -> dict[str, Any]:
