@@ -20,9 +20,10 @@ A CUDA out-of-memory error halves the micro-batch (for the rest of the actor's l
 any other error in a micro-batch retries it item by item, so one bad item becomes one failed
 output instead of failing the shard.
 
-Encoding overlaps compute: a micro-batch's images leave the device as uint8 arrays, and their PNG
-encoding and per-row metrics run on ``encode_threads`` CPU threads while the next micro-batch
-computes (:meth:`AugmentModel.submit` returns before they finish). On a GPU that keeps the device
+Encoding overlaps compute: a micro-batch's images leave the device as uint8 arrays (converted on
+the device; a CPU batch is converted on the encode threads instead), and their PNG encoding and
+per-row metrics run on ``encode_threads`` CPU threads while the next micro-batch computes
+(:meth:`AugmentModel.submit` returns before they finish). On a GPU that keeps the device
 from waiting for the CPU on every batch; 0 threads (the CPU default, where compute and encoding
 share the same cores) encodes inline. Encoding never changes a byte: same arrays, same encoder.
 """
