@@ -268,7 +268,7 @@ def storage(p: dict[str, Any]) -> dict[str, Any]:
 
 def overlap(p: dict[str, Any]) -> dict[str, Any]:
     """A fake "device" (the sleep model: ``seconds`` per micro-batch of ``batch`` images at
-    ``side``x``side``, its images made within that time) with the real host work after it
+    ``side``x``side``, no host CPU: its images are views) with the real host work after it
     (float -> uint8, PNG encoding, per-row metrics), through ShardWorker with two shards in flight
     (as an actor runs them). Device busy = device time / wall, from the second micro-batch to the
     last one. encode_threads 0 encodes inside the compute lock; interleaved repeats."""

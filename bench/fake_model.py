@@ -70,18 +70,14 @@ class SleepPipeline(DiffusionPipeline):
         self, generator: list[torch.Generator], size: tuple[int, int] | None = None
     ) -> torch.Tensor:
         w, h = size or (self.config.sample_size, self.config.sample_size)
-        smooth = getattr(self.config, "pattern", "noise") == "smooth"
-        seconds = self.config.seconds_per_batch
-        start = time.perf_counter()
-        if smooth and generator:
-            out = self._windows(h, w, len(generator), int(generator[0].initial_seed()))
-        if seconds > 0:
-            time.sleep(max(0.0, seconds - (time.perf_counter() - start)))
+        if self.config.seconds_per_batch > 0:
+            start = time.perf_counter()
+            time.sleep(self.config.seconds_per_batch)
             self.busy.append((start, time.perf_counter()))
         if not generator:
             return torch.empty((0, 3, h, w))
-        if smooth:
-            return out
+        if getattr(self.config, "pattern", "noise") == "smooth":
+            return self._windows(h, w, len(generator), int(generator[0].initial_seed()))
         return torch.stack([torch.rand((3, h, w), generator=g) * 2 - 1 for g in generator])
 
     def _windows(self, h: int, w: int, count: int, seed: int) -> torch.Tensor:

@@ -306,9 +306,9 @@ class AugmentModel:
                 f"expected ({len(items)}, 3, H, W)"
             )
         pixels: list[Callable[[], tuple[np.ndarray, bool]]]
-        if x.device.type == "cpu" and self._encoder is not None:
-            # the float -> uint8 conversion is host work like the encoding: it moves to the
-            # encode threads too, so the compute lock is free for the next micro-batch sooner
+        if x.device.type == "cpu":
+            # the float -> uint8 conversion is host work like the encoding, and runs with it: on
+            # the encode threads when there are any, so the compute lock is free sooner
             pixels = [functools.partial(chw_to_uint8, img) for img in host_float_images(x)]
         else:  # on an accelerator the conversion runs there; the copy to the host is the wait
             arrays, nan_flags = tensor_to_uint8(x)
